@@ -1,0 +1,228 @@
+"""SpikingJelly adapter: snnconv's neuron as a ``BaseNode`` and every snnconv method as an ``FXConversionRecipe``.
+
+>>> from spikingjelly.activation_based import ann2snn, functional
+>>> from snnconv_spikingjelly import recipes
+>>> snn = ann2snn.FXConverter(recipe=recipes.PercentileRecipe(dataloader=calib)).convert(ann)
+>>> functional.reset_net(snn); out = snn(x.unsqueeze(0).expand(T, *x.shape))   # [T, B, classes], accumulated logits
+
+The converted graph runs in multi-step mode (``[T, B, ...]``). Where a neuron is plain soft-reset IF
+(thresholds folded into scalers, as SpikingJelly's ``VoltageScaler`` does) SpikingJelly's own
+``IFNode``/``HalfThresholdIFNode`` is used, so its CUDA kernels apply.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import base, neuron as sj_neuron
+from spikingjelly.activation_based.ann2snn import FXConverter, FXConversionRecipe
+from torch import fx
+
+from snnconv_ext import graph
+from snnconv_ext.methods import get as get_method, methods as method_names
+from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, step_
+
+__all__ = ["SnnconvNode", "IntegratorNode", "Scale", "SnnconvRecipe", "recipe_class", "recipes", "convert",
+           "native_node", "STATEFUL"]
+
+
+class SnnconvNode(sj_neuron.BaseNode):
+    """The snnconv neuron family (``snnconv_ext.neuron``) as a SpikingJelly node; step modes ``s`` and ``m``.
+
+    Emits the values the next layer receives (``+amplitude*theta``, ``-amplitude*theta_neg`` or 0), not 0/1.
+    """
+
+    def __init__(self, params: Optional[NeuronParams] = None, step_mode: str = "m", **knobs) -> None:
+        super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
+        p = params if params is not None else NeuronParams(**knobs)
+        self.register_buffer("theta", torch.as_tensor(p.theta, dtype=torch.float32).clone())
+        self.register_buffer("theta_neg", None if p.theta_neg is None else
+                             torch.as_tensor(p.theta_neg, dtype=torch.float32).clone())
+        self.register_buffer("v0", torch.as_tensor(p.v0, dtype=torch.float32).clone())
+        self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
+        self.amplitude = p.amplitude if isinstance(p.amplitude, float) else torch.as_tensor(p.amplitude)
+        self.leak = p.leak if isinstance(p.leak, float) else torch.as_tensor(p.leak)
+        self.register_memory("m", 0.0)
+
+    def params(self, like: torch.Tensor) -> NeuronParams:
+        """The node's knobs as core ``NeuronParams`` on ``like``'s device."""
+        return NeuronParams(self.theta, self.fire_at, self.theta_neg, self.memory, self.amplitude, self.v0,
+                            self.leak).to(like)
+
+    def materialize_states(self, inputs, states, step_mode):
+        x = inputs[0][0] if step_mode == "m" else inputs[0]
+        v, m = states
+        if not isinstance(v, torch.Tensor) or v.shape != x.shape:
+            st = init_state(x, self.params(x))
+            return (st.v, st.m if st.m is not None else 0.0)
+        return states
+
+    def _state(self, states) -> NeuronState:
+        v, m = states
+        return NeuronState(v.clone(), m.clone() if isinstance(m, torch.Tensor) else None)
+
+    def single_step_functional_forward(self, inputs, states):
+        st = self._state(states)
+        out = step_(inputs[0], st, self.params(inputs[0]))
+        return (out,), (st.v, st.m if st.m is not None else states[1])
+
+    def multi_step_functional_forward(self, inputs, states):
+        st = self._state(states)
+        out = run(inputs[0], st, self.params(inputs[0][0]))
+        return (out,), (st.v, st.m if st.m is not None else states[1])
+
+    def extra_repr(self) -> str:
+        th = self.theta
+        shape = "scalar" if th.dim() == 0 else f"shape={tuple(th.shape)}"
+        return (f"theta={shape}, fire_at={self.fire_at}, signed={self.theta_neg is not None}, memory={self.memory}, "
+                f"amplitude={self.amplitude}, leak={self.leak}, step_mode={self.step_mode}")
+
+
+class IntegratorNode(base.MemoryModule):
+    """Integrate-only output layer: no spikes, emits the input accumulated so far (the logit)."""
+
+    def __init__(self, step_mode: str = "m") -> None:
+        super().__init__()
+        self.register_memory("v", 0.0)
+        self.step_mode = step_mode
+
+    def single_step_functional_forward(self, inputs, states):
+        v = states[0] + inputs[0]
+        return (v,), (v,)
+
+    def multi_step_functional_forward(self, inputs, states):
+        acc = torch.cumsum(inputs[0], dim=0) + states[0]
+        return (acc,), (acc[-1].clone(),)
+
+
+class Scale(nn.Module):
+    """Multiply by a fixed (scalar or per-channel) factor; the threshold folding of ``VoltageScaler``."""
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.as_tensor(factor, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _is_scalar_zero(t) -> bool:
+    return bool((torch.as_tensor(t) == 0).all())
+
+
+def native_node(p: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
+    """SpikingJelly's own IF node between threshold scalers when ``p`` is exactly a soft-reset IF, else None."""
+    if p.theta_neg is not None or p.memory or not (isinstance(p.amplitude, float) and p.amplitude == 1.0) \
+            or not (isinstance(p.leak, float) and p.leak == 1.0):
+        return None
+    theta = torch.as_tensor(p.theta, dtype=torch.float32)
+    half = torch.equal(torch.as_tensor(p.v0, dtype=torch.float32).expand_as(theta), theta / 2) \
+        if not _is_scalar_zero(p.v0) else False
+    if p.fire_at == 1.0 and _is_scalar_zero(p.v0):
+        node = sj_neuron.IFNode(v_reset=None, step_mode=step_mode)
+    elif p.fire_at == 1.0 and half:
+        node = sj_neuron.HalfThresholdIFNode(step_mode=step_mode)  # v0 = theta/2 == firing at theta/2
+    else:
+        return None
+    return nn.Sequential(Scale(1.0 / theta), node, Scale(theta))
+
+
+STATEFUL = (base.MemoryModule,)
+
+
+def _as_loader(data) -> Iterable:
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
+    return data
+
+
+class SnnconvRecipe(FXConversionRecipe):
+    """Convert with a registered snnconv method through SpikingJelly's ``FXConverter`` lifecycle.
+
+    ``dataloader``: calibration batches (tensors or (x, y) pairs). ``native``: use SpikingJelly's IF nodes
+    where exact; ``None`` (default) does so when converting on CUDA, where its kernels pay off (on CPU its
+    reference loop is several times slower than ours). Extra keyword options override the method's fields (e.g. ``p=99.99, granularity="channel"``).
+    """
+
+    method_name: Optional[str] = None
+
+    def __init__(self, dataloader: Iterable, method: Optional[str] = None, native: Optional[bool] = None,
+                 max_batches: Optional[int] = None, progress: bool = True, **options) -> None:
+        name = method if method is not None else self.method_name
+        if name is None:
+            raise ValueError("SnnconvRecipe needs a method name (see snnconv_ext.methods())")
+        self.method = get_method(name, **options)
+        self.dataloader = dataloader
+        self.native, self.max_batches, self.progress = native, max_batches, progress
+        self.params = None
+
+    def validate(self, converter) -> None:
+        if self.dataloader is None:
+            raise ValueError(f"{type(self).__name__} needs calibration data (dataloader=...)")
+
+    def before_trace(self, converter, ann: nn.Module) -> nn.Module:
+        for name, mod in ann.named_modules():
+            if mod.training:
+                raise graph.ConversionError(f"{'model' if not name else repr(name)} ({type(mod).__name__}) is in "
+                                            "training mode: call model.eval() before converting.")
+        return ann
+
+    def after_trace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+        fx_model = graph.fold_bn(fx_model)
+        graph.check_supported(fx_model, self.method)
+        return fx_model
+
+    def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+        self.params = graph.calibrate_thresholds(fx_model, self.method, _as_loader(self.dataloader),
+                                                 max_batches=self.max_batches, progress=self.progress)
+        return fx_model
+
+    def node(self, p: NeuronParams) -> nn.Module:
+        """The spiking module for one layer: SpikingJelly's own when exact and allowed, else ``SnnconvNode``."""
+        return (self.native and native_node(p)) or SnnconvNode(p)
+
+    def replace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+        if self.native is None:
+            self.native = torch.device(converter.device).type == "cuda"
+        return graph.replace_activations(fx_model, self.params, self.node)
+
+    def finalize(self, converter, fx_model: fx.GraphModule) -> nn.Module:
+        fx_model = graph.append_output(fx_model, IntegratorNode())
+        fx_model = graph.to_multistep(fx_model, STATEFUL)
+        fx_model.meta["snnconv_method"] = self.method.name
+        return fx_model.to(converter.device)
+
+
+def recipe_class(name: str) -> type:
+    """An ``FXConversionRecipe`` subclass bound to the registered method ``name`` (e.g. ``PercentileRecipe``)."""
+    get_method(name)
+    cls_name = "".join(part.capitalize() for part in name.replace("+", "-").replace("_", "-").split("-")) + "Recipe"
+    return type(cls_name, (SnnconvRecipe,), {"method_name": name, "__doc__": get_method(name).description})
+
+
+class _Recipes:
+    """Attribute access to a recipe class per registered method: ``recipes.PercentileChannelRecipe``."""
+
+    def __getattr__(self, attr: str) -> type:
+        for name in method_names():
+            cls = recipe_class(name)
+            if cls.__name__ == attr:
+                return cls
+        raise AttributeError(f"no recipe {attr!r}; methods: {method_names()}")
+
+    def __dir__(self):
+        return [recipe_class(n).__name__ for n in method_names()]
+
+
+recipes = _Recipes()
+
+
+def convert(model: nn.Module, method: str = "percentile", calib_data: Iterable = None,
+            device: Optional[torch.device] = None, **options) -> fx.GraphModule:
+    """Convert a copy of ``model`` with SpikingJelly's ``FXConverter`` and an snnconv recipe."""
+    if calib_data is None:
+        raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
+    recipe = SnnconvRecipe(calib_data, method=method, **options)
+    return FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(model))

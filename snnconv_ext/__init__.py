@@ -1,0 +1,25 @@
+"""snnconv: ANN-to-SNN conversion methods as composable parts (neuron family, thresholds, calibration).
+
+Quick start::
+
+    import snnconv_ext as sc
+    ann = sc.zoo.load("fmnist-net4")
+    snn = sc.convert(ann, method="percentile", calib_data=sc.data.subset(sc.data.fashion_mnist("train"), 1024))
+    acc = sc.evaluate(snn, sc.data.fashion_mnist("test"), timesteps=[8, 16, 32])
+"""
+from . import methods as _methods_mod
+from .convert import convert
+from .evaluate import ann_accuracy, evaluate
+from .methods import Method
+from .methods import methods
+from .neuron import simulate
+
+__version__ = "0.1.0"
+__all__ = ["convert", "evaluate", "ann_accuracy", "methods", "Method", "simulate", "__version__"]
+
+
+def __getattr__(name):  # lazy submodules: data, models, zoo, thresholds, graph, neuron
+    import importlib
+    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis"}:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(name)

@@ -1,0 +1,103 @@
+"""Simulation and accuracy: every T of a list from one pass, multi-step, in time chunks.
+
+A converted network takes ``[T, B, ...]`` and returns accumulated logits ``[T, B, classes]``. Direct
+encoding feeds the same analog image at every step: we pass an ``expand`` view, so the analog first
+layer is computed once per image (``graph.SeqModule``), and simulate ``chunk`` steps at a time so memory
+stays bounded in T.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+__all__ = ["reset", "simulate_net", "evaluate", "ann_accuracy", "check_input", "as_loader"]
+
+
+def reset(net: nn.Module) -> None:
+    """Reset every stateful module (SpikingJelly ``functional.reset_net`` semantics, no import needed)."""
+    for m in net.modules():
+        if m is not net and hasattr(m, "reset") and callable(m.reset):
+            m.reset()
+
+
+def as_loader(data, batch_size: int = 256) -> Iterable:
+    """Accept a DataLoader / iterable of batches, or a map-style Dataset (batched here)."""
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    return data
+
+
+def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what: str = "input") -> None:
+    """Refuse wrong shape, non-float dtype or NaN with a message naming what was wrong."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} has dtype {x.dtype}; expected a floating-point image tensor")
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(f"{what} has shape {tuple(x.shape)}; the converted model expects [B, {', '.join(map(str, expected))}]")
+    if torch.isnan(x).any():
+        raise ValueError(f"{what} contains NaN")
+
+
+@torch.no_grad()
+def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 16) -> Iterator[torch.Tensor]:
+    """Yield the network's outputs ``[c, B, ...]`` chunk by chunk for ``T`` steps of direct input ``x``."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    check_input(x, getattr(snn, "meta", {}).get("input_shape"))
+    reset(snn)
+    done = 0
+    while done < T:
+        c = min(chunk, T - done)
+        yield snn(x.unsqueeze(0).expand(c, *x.shape))
+        done += c
+
+
+def _batches(data, device) -> Iterator:
+    for batch in data:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise ValueError("evaluation data must yield (images, labels) batches")
+        yield batch[0].to(device), batch[1].to(device)
+
+
+@torch.no_grad()
+def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 256, chunk: int = 16,
+             device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
+    """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
+    ts = sorted(set(int(t) for t in timesteps))
+    if not ts or ts[0] < 1:
+        raise ValueError(f"timesteps must be positive integers, got {timesteps}")
+    device = device or next((p.device for p in snn.parameters()), torch.device("cpu"))
+    snn.eval()
+    correct = {t: 0 for t in ts}
+    total = 0
+    loader = as_loader(data, batch_size)
+    for x, y in tqdm(_batches(loader, device), desc=desc, disable=not progress, leave=False,
+                     total=len(loader) if hasattr(loader, "__len__") else None):
+        t0 = 0
+        for out in simulate_net(snn, x, ts[-1], chunk):
+            for i in range(out.shape[0]):
+                if t0 + i + 1 in correct:
+                    correct[t0 + i + 1] += (out[i].argmax(-1) == y).sum().item()
+            t0 += out.shape[0]
+        total += y.shape[0]
+    if total == 0:
+        raise ValueError("evaluation data is empty")
+    return {t: 100.0 * c / total for t, c in correct.items()}
+
+
+@torch.no_grad()
+def ann_accuracy(model: nn.Module, data, batch_size: int = 512, device: Optional[torch.device] = None) -> float:
+    """Test accuracy (%) of the source ANN."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    correct = total = 0
+    for x, y in _batches(as_loader(data, batch_size), device):
+        correct += (model(x).argmax(-1) == y).sum().item()
+        total += y.shape[0]
+    if total == 0:
+        raise ValueError("evaluation data is empty")
+    return 100.0 * correct / total

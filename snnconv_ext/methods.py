@@ -1,0 +1,90 @@
+"""Method registry: a conversion method is a named composition of parts.
+
+A :class:`Method` says which ANN activations it converts, which threshold strategy sets theta, which
+knobs the neuron family gets (``neuron.NeuronParams``) and which calibration passes run afterwards.
+Adding a paper means adding entries here, not a new pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Tuple, Type
+
+import torch.nn as nn
+
+__all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
+
+# ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
+ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False}
+
+
+def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
+    """Teach the converter an activation module type (later issues: clamp, stReLU, tReLU...)."""
+    ACTIVATIONS[kind] = signed
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named composition of converter parts."""
+
+    name: str
+    description: str
+    threshold: str = "max"  # name in thresholds registry
+    threshold_options: Dict = field(default_factory=dict)  # e.g. {"p": 99.9, "granularity": "channel"}
+    fire_at: float = 1.0  # 0.5: fire at theta/2 (ttrbr Eq. 12 / ClipRound, calibration Eq. 17)
+    v0: str = "zero"  # "zero" or "half" (theta/2, DNISNM Sec. 4.1)
+    signed: bool = False  # negative threshold theta_neg = theta (stReLU Sec. 3, SNM Eq. 21)
+    memory: bool = False  # SNM memory (DNISNM Eqs. 19-23)
+    amplitude: float = 1.0  # spike carries amplitude*theta (Datta Eq. 8)
+    leak: float = 1.0
+    activations: Tuple[Type[nn.Module], ...] = (nn.ReLU,)
+    calibration: Tuple[str, ...] = ()
+    allow_maxpool: bool = False
+    reference: str = ""
+
+    def with_options(self, **options) -> "Method":
+        """Copy with fields overridden; ``p``/``granularity`` go to the threshold strategy."""
+        topts = dict(self.threshold_options)
+        for key in ("p", "granularity", "cap"):
+            if key in options:
+                topts[key] = options.pop(key)
+        unknown = set(options) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"method {self.name!r} has no option(s) {sorted(unknown)}")
+        return replace(self, threshold_options=topts, **options)
+
+
+_REGISTRY: Dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (names are unique)."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get(name: str, **options) -> Method:
+    """Look up a registered method, optionally overriding its fields."""
+    if isinstance(name, Method):
+        return name.with_options(**options) if options else name
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered methods: {methods()}")
+    m = _REGISTRY[name]
+    return m.with_options(**options) if options else m
+
+
+def methods() -> List[str]:
+    """Names of all registered methods."""
+    return sorted(_REGISTRY)
+
+
+# --- baseline methods (foundation) -------------------------------------------------------------
+register(Method("max", "Layer-wise maximum activation as threshold, IF with soft reset.",
+                threshold="max", reference="Diehl et al. 2015; Rueckauer et al. 2017"))
+register(Method("max-channel", "Channel-wise maximum activation as threshold, IF with soft reset.",
+                threshold="max", threshold_options={"granularity": "channel"}))
+register(Method("percentile", "Layer-wise 99.9th percentile of activations (robust norm), IF with soft reset.",
+                threshold="percentile", threshold_options={"p": 99.9}, reference="Rueckauer et al. 2017"))
+register(Method("percentile-channel", "Channel-wise 99.9th percentile, IF with soft reset.",
+                threshold="percentile", threshold_options={"p": 99.9, "granularity": "channel"}))

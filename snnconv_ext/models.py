@@ -1,0 +1,169 @@
+"""Net1..Net6 from Table 1 of Han et al. (2023), "Symmetric-threshold ReLU for fast and nearly
+lossless ANN-SNN conversion", built as plain nn.Sequential models ready for conversion.
+
+Conversion-friendly choices: average pooling (never max pooling), every activation is a separate
+nn.Module made by ``act()`` (so a converter can swap it for a spiking neuron), nn.Flatten before the
+fully connected part, bias=True everywhere.
+
+Paper topologies (checked against the MAC counts of its Table 5):
+  Net1  1200-1200-10                                   (MNIST,   784 inputs)
+  Net2  12c5-p2-64c5-p2-10                             (MNIST,   5x5 valid convs: 28-24-12-8-4)
+  Net3  6400-10                                        (F-MNIST, one hidden layer of 6400 units)
+  Net4  32c5-p2-64c5-p2-1024-10                        (F-MNIST, 5x5 valid convs: 28-24-12-8-4)
+  Net5  128c3-128c3-p2-256c3-256c3-p2-512c3-512c3-p2-1024-10   (CIFAR10, padding 1)
+  Net6  VGG-16, CIFAR style (13 3x3 convs with BN, 5 pools, one 512-10 classifier)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+ActFactory = Callable[[], nn.Module]
+
+# Activation names usable in build(); other modules (e.g. stReLU) register theirs here.
+ACTIVATIONS: dict[str, ActFactory] = {"relu": nn.ReLU}
+
+__all__ = ["ACTIVATIONS", "ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6"]
+
+
+def _valid_conv_pool_size(image_size: int, n_blocks: int, kernel: int, arch: str) -> int:
+    """Spatial size after ``n_blocks`` of (valid conv ``kernel`` -> 2x2 average pool)."""
+    size = image_size
+    for _ in range(n_blocks):
+        size = (size - kernel + 1) // 2
+        if size < 1:
+            raise ValueError(
+                f"{arch}: image_size={image_size} is too small for {n_blocks} blocks of "
+                f"{kernel}x{kernel} valid conv + 2x2 pooling (needs at least 16 for 5x5)."
+            )
+    return size
+
+
+def _check_pool_size(image_size: int, n_pools: int, arch: str) -> int:
+    """Spatial size after ``n_pools`` 2x2 poolings of same-padded convs; must stay >= 1."""
+    size = image_size >> n_pools
+    if size < 1 or image_size % (1 << n_pools):
+        raise ValueError(
+            f"{arch}: image_size={image_size} must be a multiple of {1 << n_pools} "
+            f"({n_pools} 2x2 poolings)."
+        )
+    return size
+
+
+def net1(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
+         num_classes: int = 10) -> nn.Sequential:
+    """Net1: fully connected 1200-1200-10 (paper: MNIST)."""
+    n_in = in_channels * image_size * image_size
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(n_in, 1200), act(),
+        nn.Linear(1200, 1200), act(),
+        nn.Linear(1200, num_classes),
+    )
+
+
+def net2(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
+         num_classes: int = 10) -> nn.Sequential:
+    """Net2: 12c5-p2-64c5-p2-10 with valid 5x5 convolutions (paper: MNIST)."""
+    s = _valid_conv_pool_size(image_size, 2, 5, "net2")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 12, 5), act(), nn.AvgPool2d(2),
+        nn.Conv2d(12, 64, 5), act(), nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * s * s, num_classes),
+    )
+
+
+def net3(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
+         num_classes: int = 10) -> nn.Sequential:
+    """Net3: one hidden fully connected layer of 6400 units, 6400-10 (paper: Fashion-MNIST)."""
+    n_in = in_channels * image_size * image_size
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(n_in, 6400), act(),
+        nn.Linear(6400, num_classes),
+    )
+
+
+def net4(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
+         num_classes: int = 10) -> nn.Sequential:
+    """Net4: 32c5-p2-64c5-p2-1024-10 with valid 5x5 convolutions (paper: Fashion-MNIST)."""
+    s = _valid_conv_pool_size(image_size, 2, 5, "net4")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 5), act(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 64, 5), act(), nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * s * s, 1024), act(),
+        nn.Linear(1024, num_classes),
+    )
+
+
+def _conv_block(c_in: int, c_out: int, act: ActFactory, batch_norm: bool) -> list[nn.Module]:
+    """3x3 same-padded conv, optional BatchNorm, activation."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(act())
+    return layers
+
+
+def net5(act: ActFactory = nn.ReLU, in_channels: int = 3, image_size: int = 32,
+         num_classes: int = 10, batch_norm: bool = False) -> nn.Sequential:
+    """Net5: 128c3-128c3-p2-256c3-256c3-p2-512c3-512c3-p2-1024-10, padding 1 (paper: CIFAR10).
+
+    ``batch_norm=True`` puts BatchNorm before each conv activation, as the paper does for its VGG nets.
+    """
+    s = _check_pool_size(image_size, 3, "net5")
+    layers: list[nn.Module] = []
+    c = in_channels
+    for width in (128, 256, 512):
+        layers += _conv_block(c, width, act, batch_norm)
+        layers += _conv_block(width, width, act, batch_norm)
+        layers.append(nn.AvgPool2d(2))
+        c = width
+    layers += [nn.Flatten(), nn.Linear(512 * s * s, 1024), act(), nn.Linear(1024, num_classes)]
+    return nn.Sequential(*layers)
+
+
+VGG16_CFG: tuple[int | str, ...] = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P",
+                                    512, 512, 512, "P", 512, 512, 512, "P")
+
+
+def net6(act: ActFactory = nn.ReLU, in_channels: int = 3, image_size: int = 32,
+         num_classes: int = 10, batch_norm: bool = True) -> nn.Sequential:
+    """Net6: VGG-16, CIFAR style: 13 3x3 convs (+BN), 5 average pools, Linear(512*s*s, classes)."""
+    s = _check_pool_size(image_size, 5, "net6")
+    layers: list[nn.Module] = []
+    c = in_channels
+    for item in VGG16_CFG:
+        if item == "P":
+            layers.append(nn.AvgPool2d(2))
+        else:
+            layers += _conv_block(c, int(item), act, batch_norm)
+            c = int(item)
+    layers += [nn.Flatten(), nn.Linear(512 * s * s, num_classes)]
+    return nn.Sequential(*layers)
+
+
+ARCHS: dict[str, Callable[..., nn.Sequential]] = {
+    "net1": net1, "net2": net2, "net3": net3, "net4": net4, "net5": net5, "net6": net6,
+}
+
+
+def build(arch: str, act: str | ActFactory = "relu", **kw) -> nn.Sequential:
+    """Build architecture ``arch`` (a key of ARCHS) with activation ``act`` (a key of ACTIVATIONS
+    or a zero-argument factory); ``kw`` goes to the net function (in_channels, image_size, ...)."""
+    try:
+        fn = ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}") from None
+    if isinstance(act, str):
+        try:
+            act_factory = ACTIVATIONS[act]
+        except KeyError:
+            raise ValueError(f"unknown activation {act!r}; known: {sorted(ACTIVATIONS)}") from None
+    else:
+        act_factory = act
+    return fn(act=act_factory, **kw)

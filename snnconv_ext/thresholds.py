@@ -1,0 +1,153 @@
+"""Threshold strategies: turn recorded pre-activations of one layer into a threshold tensor.
+
+A strategy observes batches of the ANN activation's *input* ``z`` (shape ``[B, C, ...]``) and returns
+theta at one of three granularities, shaped to broadcast against one sample ``[C, ...]``:
+
+* ``layer``   -> shape ``[]``
+* ``channel`` -> shape ``[C, 1, 1]`` for conv maps, ``[C]`` for vectors
+* ``neuron``  -> shape ``[C, ...]`` (one threshold per channel and position, as DNI, DNISNM Sec. 4.1)
+
+Strategies are registered by name (:func:`register`) and built with :func:`get`; later papers add entries
+(lambda-scaled percentile, MMSE, alpha/beta search) to the same registry.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+__all__ = ["ThresholdStrategy", "MaxThreshold", "PercentileThreshold", "register", "get", "names", "GRANULARITIES"]
+
+GRANULARITIES = ("layer", "channel", "neuron")
+_REGISTRY: Dict[str, Callable[..., "ThresholdStrategy"]] = {}
+
+
+def register(name: str) -> Callable:
+    """Class decorator adding a strategy factory to the registry under ``name``."""
+
+    def deco(factory: Callable[..., "ThresholdStrategy"]) -> Callable[..., "ThresholdStrategy"]:
+        if name in _REGISTRY:
+            raise ValueError(f"threshold strategy {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get(name: str, **kwargs) -> "ThresholdStrategy":
+    """Build a fresh strategy (one per layer) from its registered name and options."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown threshold strategy {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)
+
+
+def names() -> List[str]:
+    """Registered strategy names."""
+    return sorted(_REGISTRY)
+
+
+def _channels_first(z: torch.Tensor) -> torch.Tensor:
+    """``[B, C, ...]`` -> ``[C, B*...]`` (per-channel value lists)."""
+    return z.transpose(0, 1).reshape(z.shape[1], -1)
+
+
+def _shape_channel(v: torch.Tensor, sample_dim: int) -> torch.Tensor:
+    return v.reshape(v.shape[0], *([1] * (sample_dim - 1)))
+
+
+class ThresholdStrategy:
+    """Base class: ``observe`` batches of pre-activations, then ``compute`` the threshold."""
+
+    granularity: str = "layer"
+
+    def __init__(self, granularity: str = "layer") -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        self.granularity = granularity
+        self.count = 0
+
+    def observe(self, z: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_ready(self) -> None:
+        if self.count == 0:
+            raise RuntimeError(f"{type(self).__name__}: no activations observed (empty calibration data?)")
+
+    @staticmethod
+    def _positive(theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        # A dead channel (never positive) would get theta=0: give it a tiny positive threshold instead;
+        # its input never reaches it, so it stays silent, as in the ANN.
+        return theta.clamp_min(eps)
+
+
+@register("max")
+class MaxThreshold(ThresholdStrategy):
+    """Largest activation seen (Diehl et al. 2015 "max-norm"); ``neuron`` granularity is DNI's per-neuron max."""
+
+    def __init__(self, granularity: str = "layer") -> None:
+        super().__init__(granularity)
+        self.value: Optional[torch.Tensor] = None
+
+    def observe(self, z: torch.Tensor) -> None:
+        z = z.detach().float()
+        if self.granularity == "layer":
+            m = z.max()
+        elif self.granularity == "channel":
+            m = _channels_first(z).max(dim=1).values
+        else:
+            m = z.max(dim=0).values
+        self.value = m if self.value is None else torch.maximum(self.value, m)
+        self.count += z.shape[0]
+        self._sample_dim = z.dim() - 1
+
+    def compute(self) -> torch.Tensor:
+        self._check_ready()
+        theta = self._positive(self.value)
+        return _shape_channel(theta, self._sample_dim) if self.granularity == "channel" else theta
+
+
+@register("percentile")
+class PercentileThreshold(ThresholdStrategy):
+    """p-th percentile of the ReLU output (zeros included), "robust norm" of Rueckauer et al. 2017.
+
+    Values are kept exactly up to ``cap`` per layer (or per channel); beyond that a seeded uniform
+    subsample of ``cap`` values is kept, which leaves the percentile unbiased.
+    """
+
+    def __init__(self, p: float = 99.9, granularity: str = "layer", cap: int = 1 << 24, seed: int = 0) -> None:
+        super().__init__(granularity)
+        if granularity == "neuron":
+            raise ValueError("percentile thresholds are layer- or channel-wise")
+        if not 0.0 < p <= 100.0:
+            raise ValueError(f"percentile p must be in (0, 100], got {p}")
+        self.p, self.cap = float(p), int(cap)
+        self.values: List[torch.Tensor] = []
+        self.n = 0
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def observe(self, z: torch.Tensor) -> None:
+        z = z.detach().float().clamp_min(0)
+        vals = z.reshape(1, -1) if self.granularity == "layer" else _channels_first(z)
+        self.values.append(vals.cpu())
+        self.n += vals.shape[1]
+        self.count += z.shape[0]
+        self._sample_dim = z.dim() - 1
+        if self.n > 2 * self.cap:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        allv = torch.cat(self.values, dim=1)
+        idx = torch.randperm(allv.shape[1], generator=self.gen)[: self.cap]
+        self.values, self.n = [allv[:, idx]], self.cap
+
+    def compute(self) -> torch.Tensor:
+        self._check_ready()
+        if self.n > self.cap:
+            self._shrink()
+        allv = torch.cat(self.values, dim=1)
+        k = max(1, min(allv.shape[1], int(round(self.p / 100.0 * allv.shape[1]))))
+        theta = self._positive(allv.kthvalue(k, dim=1).values)
+        return theta[0] if self.granularity == "layer" else _shape_channel(theta, self._sample_dim)

@@ -1,0 +1,265 @@
+"""``snnconv train``: train a zoo model (ReLU ANN) with a recorded, seeded recipe and store the
+weights plus a manifest entry, so ``zoo.load`` can verify and reuse them."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from tqdm import tqdm
+
+from . import models, zoo
+
+__all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "DATASETS"]
+
+
+def _fashion_mnist(split: str, root: str | None) -> TensorDataset:
+    from . import data
+    return data.fashion_mnist(split, root=root)
+
+
+def _digits(split: str, root: str | None) -> TensorDataset:
+    from . import data
+    return data.digits(split)
+
+
+def _cifar10(split: str, root: str | None) -> TensorDataset:
+    from . import data
+    return data.cifar10(root, split)
+
+
+# dataset name -> loader(split, root) returning a TensorDataset (images [N,C,H,W] in [0,1], labels).
+DATASETS: dict[str, Callable[[str, str | None], TensorDataset]] = {
+    "fashion_mnist": _fashion_mnist, "digits": _digits, "cifar10": _cifar10,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``snnconv train`` options to ``parser``."""
+    parser.add_argument("--model", required=True,
+                        help=f"zoo entry to train ({', '.join(zoo.names())}) or a new name "
+                             "together with --arch and --dataset")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the entry's recipe")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (cosine decay to 0)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", default=None,
+                        help="'none' or '+'-joined of cropN (zero-pad N, random crop) and flip "
+                             "(horizontal); default: the entry's recipe")
+    parser.add_argument("--arch", default=None, choices=sorted(models.ARCHS),
+                        help="override the entry's architecture")
+    parser.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                        help="override the entry's dataset")
+    parser.add_argument("--act", default=None, help="activation name (models.ACTIVATIONS)")
+    parser.add_argument("--data-root", default=None, help="dataset directory (default: auto)")
+    parser.add_argument("--out", default=None,
+                        help=f"directory for <model>.pt and manifest.json (default: {zoo.ZOO_DIR})")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+
+
+def _parse_augment(spec: str) -> tuple[int, bool]:
+    """'none' | 'crop2' | 'flip' | 'crop2+flip' -> (crop padding, flip)."""
+    pad, flip = 0, False
+    if spec in ("", "none"):
+        return pad, flip
+    for tok in spec.split("+"):
+        if tok == "flip":
+            flip = True
+        elif tok.startswith("crop") and tok[4:].isdigit():
+            pad = int(tok[4:])
+        else:
+            raise ValueError(f"unknown augmentation {tok!r} in {spec!r}; use none, cropN, flip")
+    return pad, flip
+
+
+def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (after zero padding by ``pad``) and random horizontal flip of a [B,C,H,W] batch."""
+    b, c, h, w = x.shape
+    if pad > 0:
+        xp = nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        m = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: TensorDataset, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``ds``."""
+    model.eval()
+    x_all, y_all = ds.tensors[0], ds.tensors[1]
+    correct = 0
+    for i in range(0, len(y_all), batch_size):
+        correct += (model(x_all[i:i + batch_size]).argmax(1) == y_all[i:i + batch_size]).sum().item()
+    return 100.0 * correct / max(len(y_all), 1)
+
+
+def _resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge command-line options with the zoo entry's recipe."""
+    entry = zoo.ENTRIES.get(args.model)
+    if entry is None and (args.arch is None or args.dataset is None):
+        raise ValueError(f"{args.model!r} is not a zoo entry ({', '.join(zoo.names())}); "
+                         "give --arch and --dataset to train a new model")
+    pick = lambda v, attr, dflt: v if v is not None else (getattr(entry, attr) if entry else dflt)
+    r = {
+        "model": args.model,
+        "arch": pick(args.arch, "arch", None),
+        "dataset": pick(args.dataset, "dataset", None),
+        "act": pick(args.act, "act", "relu"),
+        "epochs": pick(args.epochs, "epochs", 10),
+        "lr": pick(args.lr, "lr", 1e-3),
+        "batch_size": pick(args.batch_size, "batch_size", 128),
+        "augment": pick(args.augment, "augment", "none"),
+        "seed": args.seed,
+        "data_root": args.data_root,
+        "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
+    }
+    if r["dataset"] not in DATASETS:
+        raise ValueError(f"unknown dataset {r['dataset']!r}; known: {sorted(DATASETS)}")
+    _parse_augment(r["augment"])
+    return r
+
+
+def _command(r: dict[str, Any]) -> str:
+    """The explicit ``snnconv train`` command line that reproduces this run."""
+    argv = ["snnconv", "train", "--model", r["model"], "--epochs", str(r["epochs"]),
+            "--lr", repr(r["lr"]), "--batch-size", str(r["batch_size"]), "--seed", str(r["seed"]),
+            "--augment", r["augment"]]
+    entry = zoo.ENTRIES.get(r["model"])
+    for key in ("arch", "dataset", "act"):
+        if entry is None or getattr(entry, key) != r[key]:
+            argv += [f"--{key}", r[key]]
+    if r["data_root"] is not None:
+        argv += ["--data-root", str(r["data_root"])]
+    if Path(r["out"]).resolve() != zoo.ZOO_DIR:
+        argv += ["--out", str(r["out"])]
+    return shlex.join(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, evaluate, save ``<out>/<model>.pt`` (fp16 when lossless) and update the manifest;
+    returns the manifest entry."""
+    r = _resolve(args)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _train(r, show=not getattr(args, "no_progress", False))
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
+    train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
+    test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
+    x0 = train_ds.tensors[0]
+    num_classes = int(max(train_ds.tensors[1].max(), test_ds.tensors[1].max()).item()) + 1
+    arch_kwargs = {"in_channels": int(x0.shape[1]), "image_size": int(x0.shape[2]),
+                   "num_classes": num_classes}
+
+    torch.manual_seed(r["seed"])
+    model = models.build(r["arch"], r["act"], **arch_kwargs)
+    n_params = sum(p.numel() for p in model.parameters())
+    sampler_gen = torch.Generator().manual_seed(r["seed"])
+    aug_gen = torch.Generator().manual_seed(r["seed"] + 1)
+    pad, flip = _parse_augment(r["augment"])
+    # BatchSampler + batch_size=None: one tensor-index per batch (fast on a TensorDataset).
+    sampler = BatchSampler(RandomSampler(train_ds, generator=sampler_gen), r["batch_size"], drop_last=False)
+    loader = DataLoader(train_ds, sampler=sampler, batch_size=None)
+    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+    steps = r["epochs"] * len(sampler)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    loss_fn = nn.CrossEntropyLoss()
+
+    t0 = time.perf_counter()
+    for epoch in range(r["epochs"]):
+        model.train()
+        bar = tqdm(loader, desc=f"{r['model']} epoch {epoch + 1}/{r['epochs']}", disable=not show,
+                   leave=True, unit="batch")
+        tot_loss, tot_ok, seen = 0.0, 0, 0
+        for xb, yb in bar:
+            xb = augment_batch(xb, pad, flip, aug_gen)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(yb)
+            tot_ok += (out.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{100 * tot_ok / seen:.2f}", refresh=False)
+        if not math.isfinite(tot_loss):
+            raise RuntimeError(f"training {r['model']} diverged (loss {tot_loss}) in epoch {epoch + 1}")
+    train_time = time.perf_counter() - t0
+
+    model.eval()
+    acc32 = evaluate(model, test_ds)
+    state32 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state16 = {k: (v.half() if v.is_floating_point() else v) for k, v in state32.items()}
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state16.items()})
+    acc16 = evaluate(model, test_ds)
+    use16 = abs(acc16 - acc32) <= 0.02 + 1e-9
+    state, acc = (state16, acc16) if use16 else (state32, acc32)
+
+    out_dir = Path(r["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    file = out_dir / f"{r['model']}.pt"
+    torch.save(state, file)
+    entry = {
+        "file": file.name,
+        "sha256": zoo.sha256_file(file),
+        "size_bytes": file.stat().st_size,
+        "dtype": "float16" if use16 else "float32",
+        "arch": r["arch"],
+        "arch_kwargs": arch_kwargs,
+        "n_params": n_params,
+        "dataset": r["dataset"],
+        "activation": r["act"],
+        "test_accuracy": round(acc, 2),
+        "test_accuracy_fp32": round(acc32, 2),
+        "command": _command(r),
+        "seed": r["seed"],
+        "epochs": r["epochs"],
+        "optimizer": "Adam",
+        "lr": r["lr"],
+        "lr_schedule": "cosine annealing to 0, stepped per batch",
+        "batch_size": r["batch_size"],
+        "augmentation": r["augment"],
+        "loss": "cross-entropy",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.machine(),
+        "train_time_s": round(train_time, 1),
+    }
+    zoo.write_manifest_entry(r["model"], entry, out_dir)
+    if show:
+        print(f"{r['model']}: test accuracy {acc:.2f}% ({entry['dtype']}; fp32 {acc32:.2f}%), "
+              f"saved {file} ({entry['size_bytes'] / 1e6:.2f} MB) in {train_time:.0f}s of training")
+    return entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``snnconv train`` / ``python -m snnconv_ext.train``."""
+    parser = argparse.ArgumentParser(prog="snnconv train", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Pretrained model zoo: the training recipe of every entry (ENTRIES) and checksum-verified loading
+of the checkpoints listed in zoo/manifest.json (written by ``snnconv train``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import models
+
+ZOO_DIR = Path(__file__).resolve().with_name("zoo")
+MANIFEST_NAME = "manifest.json"
+
+__all__ = ["Entry", "ENTRIES", "ZOO_DIR", "names", "path", "load", "load_state", "read_state_dict",
+           "read_manifest", "write_manifest_entry", "sha256_file", "train_command"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Recipe of one zoo model: what to train (dataset, arch, activation) and the default
+    hyper-parameters ``snnconv train --model NAME`` uses."""
+
+    dataset: str
+    arch: str
+    act: str = "relu"
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    augment: str = "none"
+    description: str = ""
+
+
+ENTRIES: dict[str, Entry] = {
+    "fmnist-net3": Entry(
+        dataset="fashion_mnist", arch="net3", act="relu", epochs=12, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="Net3 (784-6400-10) on Fashion-MNIST; paper ANN 89.90%.",
+    ),
+    "fmnist-net4": Entry(
+        dataset="fashion_mnist", arch="net4", act="relu", epochs=15, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="Net4 (32c5-p2-64c5-p2-1024-10) on Fashion-MNIST; paper ANN 90.83%.",
+    ),
+}
+
+
+def names() -> list[str]:
+    """Names of all zoo entries (recipes), sorted."""
+    return sorted(ENTRIES)
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    return Path(root) if root is not None else ZOO_DIR
+
+
+def read_manifest(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The manifest (name -> entry dict) in ``root`` (default: the package's zoo dir); {} if absent."""
+    mpath = _root(root) / MANIFEST_NAME
+    if not mpath.exists():
+        return {}
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"zoo manifest {mpath} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"zoo manifest {mpath} must be a JSON object (name -> entry)")
+    return manifest
+
+
+def write_manifest_entry(name: str, entry: dict[str, Any],
+                         root: str | os.PathLike | None = None) -> Path:
+    """Insert/replace ``entry`` under ``name`` in ``root``/manifest.json (atomic write)."""
+    rdir = _root(root)
+    rdir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(rdir)
+    manifest[name] = entry
+    mpath = rdir / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=rdir, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(sorted(manifest.items())), f, indent=2, sort_keys=False)
+        f.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the manifest normal file permissions
+    os.replace(tmp, mpath)
+    return mpath
+
+
+def sha256_file(p: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def train_command(name: str) -> str:
+    """The default ``snnconv train`` command line that (re)creates zoo entry ``name``."""
+    e = ENTRIES[name]
+    return shlex.join(["snnconv", "train", "--model", name, "--epochs", str(e.epochs),
+                       "--lr", repr(e.lr), "--batch-size", str(e.batch_size), "--seed", "0",
+                       "--augment", e.augment])
+
+
+def _check_name(name: str, manifest: dict[str, Any]) -> None:
+    if name not in ENTRIES and name not in manifest:
+        raise ValueError(f"unknown zoo model {name!r}; known: {sorted(set(ENTRIES) | set(manifest))}")
+
+
+def path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Path of the checkpoint file of zoo entry ``name`` (it may not exist yet)."""
+    manifest = read_manifest(root)
+    _check_name(name, manifest)
+    fname = manifest.get(name, {}).get("file", f"{name}.pt")
+    return _root(root) / fname
+
+
+def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
+                    map_location: str | torch.device = "cpu",
+                    recreate_hint: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``file`` safely (weights_only=True), verifying its sha256 if given,
+    and cast floating tensors to float32 (zoo files are stored in fp16)."""
+    file = Path(file)
+    if not file.is_file():
+        hint = f"; recreate it with: {recreate_hint}" if recreate_hint else ""
+        raise FileNotFoundError(f"checkpoint file {file} not found{hint}")
+    if expected_sha256 is not None:
+        actual = sha256_file(file)
+        if actual != expected_sha256:
+            hint = f" Recreate it with: {recreate_hint}" if recreate_hint else ""
+            raise ValueError(f"checksum mismatch for checkpoint {file}: expected sha256 "
+                             f"{expected_sha256}, actual {actual}.{hint}")
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle/zip errors come in many types
+        raise ValueError(f"cannot read checkpoint {file}: corrupt or not a torch state_dict "
+                         f"({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {file} does not hold a state_dict (name -> tensor)")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], file: Path, what: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {file} does not match {what}: {e}") from None
+    return model.float().eval()
+
+
+def load_state(file: str | os.PathLike, arch: str | nn.Module, act: str = "relu",
+               expected_sha256: str | None = None, map_location: str | torch.device = "cpu",
+               **arch_kw: Any) -> nn.Module:
+    """Load a user checkpoint into ``arch`` (an ARCHS name built with ``act``/``arch_kw``, or a
+    module instance) with the zoo's checks; returns the float32 model in eval mode."""
+    file = Path(file)
+    state = read_state_dict(file, expected_sha256, map_location)
+    model = models.build(arch, act, **arch_kw) if isinstance(arch, str) else arch
+    what = f"arch {arch!r}" if isinstance(arch, str) else type(arch).__name__
+    return _load_into(model.to(map_location), state, file, what)
+
+
+def load(name: str, map_location: str | torch.device = "cpu",
+         root: str | os.PathLike | None = None) -> nn.Module:
+    """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode."""
+    manifest = read_manifest(root)
+    _check_name(name, manifest)
+    info = manifest.get(name)
+    default_cmd = train_command(name) if name in ENTRIES else None
+    if info is None:
+        raise FileNotFoundError(f"zoo model {name!r} has no manifest entry in "
+                                f"{_root(root) / MANIFEST_NAME}; create it with: {default_cmd}")
+    file = _root(root) / info["file"]
+    state = read_state_dict(file, info["sha256"], map_location,
+                            recreate_hint=info.get("command", default_cmd))
+    model = models.build(info["arch"], info.get("activation", "relu"), **info.get("arch_kwargs", {}))
+    return _load_into(model.to(map_location), state, file, f"zoo model {name!r} ({info['arch']})")

@@ -1,0 +1,157 @@
+"""Zoo loading (checksums, missing/corrupt files, accuracy) and a tiny ``snnconv train`` run.
+
+Real zoo files are only read; every error case works on copies in tmp_path."""
+
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from snnconv_ext import models, train, zoo
+
+REQUIRED = {"file", "sha256", "arch", "dataset", "activation", "test_accuracy", "command", "seed",
+            "epochs", "optimizer", "lr", "batch_size", "augmentation", "torch", "train_time_s"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def zoo_copy(tmp_path):
+    """A tmp copy of the manifest and the (small) fmnist-net4 checkpoint."""
+    manifest = zoo.read_manifest()
+    if "fmnist-net4" not in manifest:
+        pytest.skip("fmnist-net4 is not trained (see zoo.train_command('fmnist-net4'))")
+    shutil.copy(zoo.ZOO_DIR / zoo.MANIFEST_NAME, tmp_path / zoo.MANIFEST_NAME)
+    shutil.copy(zoo.path("fmnist-net4"), tmp_path / manifest["fmnist-net4"]["file"])
+    return tmp_path
+
+
+def _fmnist_test_slice(n=1000):
+    from snnconv_ext import data
+    try:
+        ds = data.fashion_mnist("test")
+    except (FileNotFoundError, OSError) as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    x, y = ds.tensors
+    return x[:n], y[:n]
+
+
+def test_manifest_entries_complete():
+    manifest = zoo.read_manifest()
+    assert set(zoo.names()) == {"fmnist-net3", "fmnist-net4"}
+    for name in zoo.names():
+        assert name in manifest, f"{name} missing from manifest: run {zoo.train_command(name)}"
+        info = manifest[name]
+        assert REQUIRED <= set(info), name
+        assert info["command"].startswith(f"snnconv train --model {name} ")
+        assert info["arch"] == zoo.ENTRIES[name].arch and info["dataset"] == "fashion_mnist"
+        assert zoo.path(name).is_file()
+
+
+@pytest.mark.parametrize("name", ["fmnist-net3", "fmnist-net4"])
+def test_load_eval_mode_and_accuracy(name):
+    model = zoo.load(name)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x, y = _fmnist_test_slice()
+    with torch.no_grad():
+        acc = 100.0 * (model(x).argmax(1) == y).float().mean().item()
+    assert acc >= 85.0
+    assert abs(acc - zoo.read_manifest()[name]["test_accuracy"]) < 4.0
+
+
+def test_checksum_mismatch(zoo_copy):
+    f = zoo_copy / "fmnist-net4.pt"
+    raw = bytearray(f.read_bytes())
+    raw[-100] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    expected = zoo.read_manifest(zoo_copy)["fmnist-net4"]["sha256"]
+    with pytest.raises(ValueError, match="checksum mismatch") as ei:
+        zoo.load("fmnist-net4", root=zoo_copy)
+    msg = str(ei.value)
+    assert str(f) in msg and expected in msg and zoo.sha256_file(f) in msg
+
+
+def test_missing_file_names_recreate_command(zoo_copy):
+    (zoo_copy / "fmnist-net4.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="snnconv train --model fmnist-net4") as ei:
+        zoo.load("fmnist-net4", root=zoo_copy)
+    assert "fmnist-net4.pt" in str(ei.value)
+
+
+def test_corrupt_file_with_matching_checksum(zoo_copy):
+    f = zoo_copy / "fmnist-net4.pt"
+    f.write_bytes(b"not a checkpoint" * 10)
+    manifest = json.loads((zoo_copy / zoo.MANIFEST_NAME).read_text())
+    manifest["fmnist-net4"]["sha256"] = zoo.sha256_file(f)
+    (zoo_copy / zoo.MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="corrupt") as ei:
+        zoo.load("fmnist-net4", root=zoo_copy)
+    assert str(f) in str(ei.value)
+    with pytest.raises(ValueError, match="corrupt"):
+        zoo.load_state(f, "net4")
+
+
+def test_load_state_user_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    src = models.net4()
+    f = tmp_path / "mine.pt"
+    torch.save({k: v.half() for k, v in src.state_dict().items()}, f)
+    model = zoo.load_state(f, "net4", expected_sha256=zoo.sha256_file(f))
+    assert not model.training
+    assert torch.allclose(model[0].weight, src[0].weight.half().float())
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        zoo.load_state(f, "net4", expected_sha256="0" * 64)
+    with pytest.raises(ValueError, match="does not match") as ei:
+        zoo.load_state(f, "net2")
+    assert str(f) in str(ei.value)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        zoo.load_state(tmp_path / "nope.pt", "net4")
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="unknown zoo model"):
+        zoo.load("fmnist-net99")
+
+
+def test_tiny_training_run(tmp_path):
+    pytest.importorskip("sklearn")
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--model", "digits-net1", "--arch", "net1", "--dataset", "digits",
+                              "--epochs", "1", "--batch-size", "64", "--augment", "crop1",
+                              "--out", str(tmp_path), "--no-progress", "--threads", "1"])
+    entry = train.run(args)
+    f = tmp_path / "digits-net1.pt"
+    assert f.is_file() and entry["sha256"] == zoo.sha256_file(f)
+    manifest = zoo.read_manifest(tmp_path)
+    assert manifest["digits-net1"] == entry and REQUIRED <= set(entry)
+    assert entry["arch_kwargs"] == {"in_channels": 1, "image_size": 8, "num_classes": 10}
+    assert entry["epochs"] == 1 and entry["augmentation"] == "crop1" and entry["seed"] == 0
+    assert entry["command"].startswith("snnconv train --model digits-net1 --epochs 1 ")
+    assert f"--out {tmp_path}" in entry["command"]
+    assert entry["test_accuracy"] > 50.0  # 1 epoch on 8x8 digits
+    model = zoo.load("digits-net1", root=tmp_path)
+    assert isinstance(model, nn.Sequential) and not model.training
+    # seeded: retraining gives identical weights
+    entry2 = train.run(args)
+    assert entry2["sha256"] == entry["sha256"]
+
+
+def test_augment_batch_shapes_and_determinism():
+    x = torch.rand(5, 1, 28, 28)
+    a = train.augment_batch(x, 2, True, torch.Generator().manual_seed(3))
+    b = train.augment_batch(x, 2, True, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert torch.equal(train.augment_batch(x, 0, False, torch.Generator()), x)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train._parse_augment("rotate")
