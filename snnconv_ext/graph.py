@@ -94,11 +94,20 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _where(node: fx.Node) -> str:
+    """Name a node and, when fx traced through a custom module, the module it came from."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path, kind = list(stack.values())[-1]
+        return f"node {node.name!r} in module {path!r} ({getattr(kind, '__name__', kind)})"
+    return f"node {node.name!r}"
+
+
 def check_supported(gm: fx.GraphModule, method: Method) -> None:
     """Refuse, naming the node, anything the method cannot convert faithfully. Nothing is skipped."""
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
-        where = f"node {node.name!r}"
+        where = _where(node)
         if node.op == "call_module":
             mod = modules[node.target]
             where = f"module {node.target!r} ({type(mod).__name__})"

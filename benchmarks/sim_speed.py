@@ -1,0 +1,74 @@
+"""Simulation speed of a converted Net4: ours vs SpikingJelly's RateCodingRecipe net, and vs T ANN passes.
+
+Prints ratios measured in one run on the same batch (this machine is noisy: compare ratios, not seconds).
+Usage: python benchmarks/sim_speed.py [--T 32] [--batch 256] [--repeats 3] [--model fmnist-net4]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from snnconv_ext import convert, data, zoo
+from snnconv_ext.evaluate import reset, simulate_net
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@torch.no_grad()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="fmnist-net4")
+    ap.add_argument("--T", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    from spikingjelly.activation_based import ann2snn, functional
+
+    ann = zoo.load(a.model)
+    train = data.fashion_mnist("train")
+    calib = data.loader(data.subset(train, 512, seed=0), batch_size=256)
+    x = data.fashion_mnist("test").tensors[0][: a.batch]
+    ours = convert(ann, "percentile", calib, progress=False)
+    sj = ann2snn.FXConverter(recipe=ann2snn.RateCodingRecipe(dataloader=calib, mode="99.9%")).convert(copy.deepcopy(ann))
+
+    def run_ann():
+        for _ in range(a.T):
+            ann(x)
+
+    def run_ours():
+        for _ in simulate_net(ours, x, a.T, a.chunk):
+            pass
+
+    def run_sj():  # as SpikingJelly's examples/cnn_mnist.py runs it: single step, T calls
+        functional.reset_net(sj)
+        for _ in range(a.T):
+            sj(x)
+
+    run_ours(); run_sj(); run_ann()  # warm-up
+    t_ann, t_ours, t_sj = (best_of(f, a.repeats) for f in (run_ann, run_ours, run_sj))
+    n = a.batch * a.T
+    print(f"{a.model}, batch {a.batch}, T={a.T}, torch threads {torch.get_num_threads()}, best of {a.repeats}")
+    print(f"  T ANN forward passes   {n / t_ann:10.0f} image-steps/s")
+    print(f"  snnconv (percentile)   {n / t_ours:10.0f} image-steps/s")
+    print(f"  SpikingJelly recipe    {n / t_sj:10.0f} image-steps/s")
+    print(f"  cost relative to T ANN passes: {t_ours / t_ann:.2f}x  (goal <= 1.3x)")
+    print(f"  speed-up over SpikingJelly's converted net: {t_sj / t_ours:.2f}x  (goal >= 2x)")
+    for T in (a.T, 4 * a.T):  # memory is bounded in T: chunked simulation holds `chunk` steps at a time
+        reset(ours)
+        peak = max(o.numel() for o in simulate_net(ours, x, T, a.chunk))
+        print(f"  T={T}: largest output chunk {peak} values (independent of T)")
+
+
+if __name__ == "__main__":
+    main()

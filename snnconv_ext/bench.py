@@ -1,0 +1,149 @@
+"""``snnconv bench``: our methods against SpikingJelly's own ``RateCodingRecipe`` in one run.
+
+Every method converts the same zoo ANN with the same calibration images and is evaluated on the same
+test images for every T from a single simulation. ``sj-*`` rows are SpikingJelly's recipes run unchanged
+(only stepped in its multi-step mode, which gives identical outputs): they are the bar.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import data as data_mod
+from .evaluate import ann_accuracy, evaluate
+from .methods import methods as method_names
+
+__all__ = ["SJ_RECIPES", "sj_convert", "run_bench", "add_arguments", "run", "format_table"]
+
+# SpikingJelly's own recipes, as its examples configure them.
+SJ_RECIPES: Dict[str, Dict] = {
+    "sj-max": {"mode": "Max"},
+    "sj-99.9": {"mode": "99.9%"},
+    "sj-best": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
+}
+
+
+def sj_convert(model: nn.Module, name: str, calib) -> nn.Module:
+    """Convert with SpikingJelly's ``RateCodingRecipe`` unchanged; return it in multi-step mode with an
+    integrating readout so it plugs into :func:`snnconv_ext.evaluate`."""
+    from spikingjelly.activation_based import ann2snn, functional
+    from snnconv_spikingjelly import IntegratorNode
+
+    recipe = ann2snn.RateCodingRecipe(dataloader=calib, **SJ_RECIPES[name])
+    net = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(model))
+    functional.set_step_mode(net, "m")
+    return nn.Sequential(net, IntegratorNode())
+
+
+def _test_set(dataset: str, n_test: Optional[int]):
+    ds = getattr(data_mod, dataset)("test")
+    return ds if not n_test or n_test >= len(ds) else data_mod.subset(ds, n_test, seed=None)
+
+
+def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[int], out: Optional[Path] = None,
+              n_test: Optional[int] = None, n_calib: int = 1024, batch_size: int = 500, chunk: int = 16,
+              progress: bool = True, log: Callable[[str], None] = print) -> List[Dict]:
+    """Convert ``model_name`` with each method, evaluate at every T, write CSV + plot to ``out``."""
+    from . import zoo
+    from .convert import convert
+
+    if model_name not in zoo.ENTRIES:
+        raise KeyError(f"unknown zoo model {model_name!r}; available: {zoo.names()}")
+    dataset = zoo.ENTRIES[model_name].dataset
+    ann = zoo.load(model_name)
+    test = _test_set(dataset, n_test)
+    train = getattr(data_mod, dataset)("train")
+    calib = data_mod.loader(data_mod.subset(train, n_calib, seed=0), batch_size=256)
+    t0 = time.perf_counter()
+    ann_acc = ann_accuracy(ann, test)
+    log(f"{model_name}: ANN accuracy {ann_acc:.2f}% on {len(test)} test images "
+        f"({time.perf_counter() - t0:.1f} s); calibration on {n_calib} training images")
+    rows = []
+    for name in method_list:
+        t0 = time.perf_counter()
+        if name in SJ_RECIPES:
+            snn = sj_convert(ann, name, calib)
+        elif name in method_names():
+            snn = convert(ann, method=name, calib_data=calib, progress=False)
+        else:
+            raise KeyError(f"unknown method {name!r}: ours {method_names()}, SpikingJelly's {sorted(SJ_RECIPES)}")
+        t_conv = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acc = evaluate(snn, test, timesteps, batch_size=batch_size, chunk=chunk, progress=progress, desc=name)
+        t_sim = time.perf_counter() - t0
+        log(f"  {name:<22} converted in {t_conv:5.1f} s, simulated T<={max(timesteps)} in {t_sim:6.1f} s")
+        rows += [{"model": model_name, "method": name, "T": t, "accuracy": round(a, 4), "ann_accuracy": round(ann_acc, 4)}
+                 for t, a in acc.items()]
+    log(format_table(rows))
+    if out is not None:
+        write_outputs(rows, Path(out))
+        log(f"wrote {Path(out) / 'results.csv'} and {Path(out) / 'accuracy_vs_T.png'}")
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    """Accuracy table: one line per method, one column per T, plus the ANN line."""
+    ts = sorted({r["T"] for r in rows})
+    meths = list(dict.fromkeys(r["method"] for r in rows))
+    acc = {(r["method"], r["T"]): r["accuracy"] for r in rows}
+    head = f"{'method':<22}" + "".join(f"{'T=' + str(t):>8}" for t in ts)
+    lines = [head, "-" * len(head)]
+    for m in meths:
+        lines.append(f"{m:<22}" + "".join(f"{acc[(m, t)]:8.2f}" for t in ts))
+    if rows:
+        lines.append(f"{'ANN':<22}" + "".join(f"{rows[0]['ann_accuracy']:8.2f}" for _ in ts))
+    return "\n".join(lines)
+
+
+def write_outputs(rows: List[Dict], out: Path) -> None:
+    """``results.csv`` (model, method, T, accuracy, ann_accuracy) and ``accuracy_vs_T.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "method", "T", "accuracy", "ann_accuracy"])
+        w.writeheader()
+        w.writerows(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in dict.fromkeys(r["method"] for r in rows):
+        pts = [(r["T"], r["accuracy"]) for r in rows if r["method"] == m]
+        ax.plot(*zip(*pts), marker="o", ls="--" if m.startswith("sj-") else "-", label=m)
+    ax.axhline(rows[0]["ann_accuracy"], color="k", lw=0.8, label="ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(rows[0]["model"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_T.png", dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="fmnist-net4", help="zoo entry (snnconv_ext.zoo.names())")
+    p.add_argument("--methods", default="max,percentile,sj-max,sj-99.9,sj-best",
+                   help=f"comma-separated; ours: {', '.join(method_names())}; SpikingJelly: {', '.join(SJ_RECIPES)}")
+    p.add_argument("--timesteps", default="1,2,4,8,16,32,64,128")
+    p.add_argument("--out", default="bench-out", help="directory for results.csv and accuracy_vs_T.png")
+    p.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")
+    p.add_argument("--n-calib", type=int, default=1024, help="training images used for calibration")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--chunk", type=int, default=16, help="time steps simulated at once (memory vs speed)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(0)
+    run_bench(args.model, [m.strip() for m in args.methods.split(",") if m.strip()],
+              [int(t) for t in args.timesteps.split(",")], Path(args.out), args.n_test, args.n_calib,
+              args.batch_size, args.chunk, progress=not args.no_progress)
+    return 0

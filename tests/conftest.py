@@ -1,0 +1,44 @@
+"""Shared fixtures: a small BN CNN trained on scikit-learn's 8x8 digits in a few seconds."""
+import pytest
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(2)
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from snnconv_ext import data
+    return data.digits("train"), data.digits("test")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits):
+    """Small CNN with BN trained on digits (about 95% test accuracy), eval mode."""
+    train, _ = digits
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = small_cnn()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y = train.tensors
+    for _ in range(40):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def calib(digits):
+    from snnconv_ext import data
+    return data.loader(data.subset(digits[0], 512, seed=0), batch_size=128)

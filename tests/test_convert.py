@@ -1,0 +1,158 @@
+"""Conversion: BN folding, thresholds, the SNN approaching the ANN, and every refusal with its message."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import snnconv_ext as sc
+from snnconv_ext import graph, thresholds
+from snnconv_ext.evaluate import simulate_net
+
+
+def test_methods_registry():
+    names = sc.methods()
+    assert {"max", "percentile", "max-channel", "percentile-channel"} <= set(names)
+    m = sc.methods.__module__  # noqa: F841  (the function lives in snnconv_ext.methods)
+    from snnconv_ext.methods import get
+    assert get("percentile", p=99.99).threshold_options["p"] == 99.99
+    with pytest.raises(KeyError, match="unknown method"):
+        get("nope")
+    with pytest.raises(TypeError, match="no option"):
+        get("max", colour="red")
+
+
+def test_bn_folding_matches_unfolded(trained_cnn, digits):
+    x = digits[1].tensors[0][:64]
+    gm = graph.fold_bn(graph.trace(trained_cnn))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
+    torch.testing.assert_close(gm(x), trained_cnn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_percentile_and_max_against_numpy():
+    torch.manual_seed(0)
+    z = torch.randn(64, 4, 5, 5)
+    s = thresholds.get("percentile", p=99.0)
+    s.observe(z[:32]); s.observe(z[32:])
+    ref = np.percentile(z.clamp_min(0).numpy().ravel(), 99.0, method="inverted_cdf")
+    assert abs(s.compute().item() - ref) < 1e-6
+    sc_ = thresholds.get("percentile", p=99.0, granularity="channel")
+    sc_.observe(z)
+    got = sc_.compute()
+    assert got.shape == (4, 1, 1)
+    for c in range(4):
+        ref_c = np.percentile(z[:, c].clamp_min(0).numpy().ravel(), 99.0, method="inverted_cdf")
+        assert abs(got[c].item() - ref_c) < 1e-6
+    mx = thresholds.get("max", granularity="neuron")
+    mx.observe(z[:10]); mx.observe(z[10:])
+    torch.testing.assert_close(mx.compute(), z.max(0).values.clamp_min(1e-8))
+    with pytest.raises(RuntimeError, match="no activations"):
+        thresholds.get("max").compute()
+
+
+def test_snn_approaches_ann_as_T_grows(trained_cnn, digits, calib):
+    test = digits[1]
+    ann = sc.ann_accuracy(trained_cnn, test)
+    snn = sc.convert(trained_cnn, "percentile", calib, progress=False)
+    acc = sc.evaluate(snn, test, [4, 32, 512], progress=False)
+    assert ann > 90
+    assert acc[512] >= ann - 1.0
+    assert acc[4] <= acc[512]  # few steps lose accuracy, many recover it
+
+
+def test_output_approaches_ann_logits(trained_cnn, digits, calib):
+    # T -> infinity: accumulated logits / T converge to the ANN's (clipped at the thresholds) logits
+    x = digits[1].tensors[0][:32]
+    snn = sc.convert(trained_cnn, "max", calib, progress=False)  # max: no clipping on calibration data
+    outs = list(simulate_net(snn, x, 2048, chunk=256))
+    rate_logits = outs[-1][-1] / 2048
+    err = (rate_logits - trained_cnn(x)).abs().max().item()
+    assert err < 0.05 * trained_cnn(x).abs().max().item()
+
+
+def test_evaluate_every_T_from_one_pass_matches_separate_runs(trained_cnn, digits, calib):
+    snn = sc.convert(trained_cnn, "max", calib, progress=False)
+    test = torch.utils.data.Subset(digits[1], range(200))
+    both = sc.evaluate(snn, test, [3, 7], chunk=2, progress=False)
+    assert both[3] == sc.evaluate(snn, test, [3], chunk=3, progress=False)[3]
+    assert both[7] == sc.evaluate(snn, test, [7], chunk=7, progress=False)[7]
+
+
+class Custom(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.relu(self.fc(x))
+
+
+def _loader(shape=(4,)):
+    return [torch.rand(8, *shape)]
+
+
+@pytest.mark.parametrize("model, msg", [
+    (nn.Sequential(nn.Linear(4, 3), Custom()), r"node 'mul' in module '1' \(Custom\): unsupported function 'mul'"),
+    (nn.Sequential(nn.Linear(4, 3), nn.GELU()), r"module '1' \(GELU\)"),
+    (FunctionalReLU(), r"activation relu is called as a function"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)), r"module '2' \(MaxPool2d\).*max pooling"),
+])
+def test_refusals(model, msg):
+    shape = (1, 6, 6) if isinstance(model[0] if isinstance(model, nn.Sequential) else None, nn.Conv2d) else (4,)
+    with pytest.raises(graph.ConversionError, match=msg):
+        sc.convert(model.eval(), "max", _loader(shape), progress=False)
+
+
+def test_refuses_training_mode():
+    with pytest.raises(graph.ConversionError, match="training mode"):
+        sc.convert(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), "max", _loader())
+
+
+def test_refuses_empty_or_bad_calibration():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with pytest.raises(ValueError, match="empty"):
+        sc.convert(model, "max", [], progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        sc.convert(model, "max", [torch.full((2, 4), float("nan"))], progress=False)
+    with pytest.raises(ValueError, match="calib_data"):
+        sc.convert(model, "max", None)
+
+
+def test_refuses_unfoldable_bn():
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3), nn.ReLU()).eval()
+    with pytest.raises(graph.ConversionError, match="BatchNorm '0'"):
+        sc.convert(model, "max", _loader(), progress=False)
+
+
+def test_input_validation(trained_cnn, calib):
+    snn = sc.convert(trained_cnn, "max", calib, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 9, 9\).*expects \[B, 1, 8, 8\]"):
+        next(simulate_net(snn, torch.rand(2, 1, 9, 9), 4))
+    with pytest.raises(ValueError, match="NaN"):
+        next(simulate_net(snn, torch.full((2, 1, 8, 8), float("nan")), 4))
+    with pytest.raises(TypeError, match="dtype"):
+        next(simulate_net(snn, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), 4))
+
+
+def test_residual_graph_converts():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.r1, self.r2, self.fc = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.r1(self.a(x))
+            return self.fc(self.r2(self.b(h) + h))
+
+    torch.manual_seed(0)
+    model = Res().eval()
+    data = [torch.rand(64, 4)]
+    snn = sc.convert(model, "max", data, progress=False)
+    x = torch.rand(16, 4)
+    out = list(simulate_net(snn, x, 4096, chunk=512))[-1][-1] / 4096
+    torch.testing.assert_close(out, model(x), atol=2e-2, rtol=0)
