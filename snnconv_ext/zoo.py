@@ -41,8 +41,8 @@ class Entry:
 
 ENTRIES: dict[str, Entry] = {
     "fmnist-net3": Entry(
-        dataset="fashion_mnist", arch="net3", act="relu", epochs=12, lr=1e-3, batch_size=128,
-        augment="crop2+flip",
+        dataset="fashion_mnist", arch="net3", act="relu", epochs=15, lr=1e-3, batch_size=128,
+        augment="flip",  # random crops cost this MLP ~2 pp at this budget (87.8% with crop2+flip)
         description="Net3 (784-6400-10) on Fashion-MNIST; paper ANN 89.90%.",
     ),
     "fmnist-net4": Entry(
