@@ -43,7 +43,7 @@ def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what:
 
 
 @torch.no_grad()
-def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 16) -> Iterator[torch.Tensor]:
+def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Iterator[torch.Tensor]:
     """Yield the network's outputs ``[c, B, ...]`` chunk by chunk for ``T`` steps of direct input ``x``."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
@@ -64,7 +64,7 @@ def _batches(data, device) -> Iterator:
 
 
 @torch.no_grad()
-def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 256, chunk: int = 16,
+def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
              device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
     """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
     ts = sorted(set(int(t) for t in timesteps))
