@@ -1,0 +1,30 @@
+"""`snnconv bench` end to end on a small slice: table, CSV and plot, our rows beside SpikingJelly's."""
+import csv
+
+from snnconv_ext import bench, cli
+
+
+def test_bench_writes_csv_and_plot(tmp_path, capsys):
+    rc = cli.main(["bench", "--model", "fmnist-net4", "--methods", "percentile,sj-best", "--timesteps", "1,8",
+                   "--n-test", "100", "--n-calib", "256", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [r.keys() for r in rows][0] == {"model", "method", "T", "accuracy", "ann_accuracy"}
+    assert {(r["method"], r["T"]) for r in rows} == {("percentile", "1"), ("percentile", "8"),
+                                                     ("sj-best", "1"), ("sj-best", "8")}
+    assert (tmp_path / "accuracy_vs_T.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "sj-best" in out and "T=8" in out and "ANN" in out
+    acc = {(r["method"], int(r["T"])): float(r["accuracy"]) for r in rows}
+    assert acc[("percentile", 8)] > acc[("percentile", 1)]
+
+
+def test_cli_lists_methods(capsys):
+    assert cli.main(["methods"]) == 0
+    assert "percentile" in capsys.readouterr().out
+
+
+def test_unknown_method_is_refused():
+    import pytest
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        bench.run_bench("fmnist-net4", ["nope"], [1], None, n_test=10, n_calib=16, log=lambda s: None)
