@@ -53,7 +53,7 @@ def test_output_shape_and_activation_modules(arch, shape, n_act):
 
 
 def test_default_relu_and_registry():
-    assert set(models.ARCHS) == {f"net{i}" for i in range(1, 7)}
+    assert set(models.ARCHS) == {f"net{i}" for i in range(1, 7)} | {"vgg_bn"}
     model = models.build("net4")
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
     assert models.ACTIVATIONS["relu"] is nn.ReLU

@@ -47,13 +47,14 @@ def _fmnist_test_slice(n=1000):
 
 def test_manifest_entries_complete():
     manifest = zoo.read_manifest()
-    assert set(zoo.names()) == {"fmnist-net3", "fmnist-net4"}
-    for name in zoo.names():
+    assert {"fmnist-net3", "fmnist-net4"} <= set(manifest) <= set(zoo.names())
+    for name in manifest:
         assert name in manifest, f"{name} missing from manifest: run {zoo.train_command(name)}"
         info = manifest[name]
         assert REQUIRED <= set(info), name
         assert info["command"].startswith(f"snnconv train --model {name} ")
         assert info["arch"] == zoo.ENTRIES[name].arch and info["dataset"] == "fashion_mnist"
+        assert info["activation"] == zoo.ENTRIES[name].act
         assert zoo.path(name).is_file()
 
 

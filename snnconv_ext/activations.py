@@ -1,0 +1,73 @@
+"""ANN activations that conversion methods train with, as modules the converter recognises.
+
+stReLU, atLeakyReLU and tReLU are from Han et al. 2023 (Eqs. 7, 21, 22). Each exposes ``bound``: the
+positive threshold that the converted neuron gets (the ``activation`` threshold strategy reads it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .methods import register_activation
+from .models import ACTIVATIONS as MODEL_ACTIVATIONS
+
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU"]
+
+
+class StReLU(nn.Module):
+    """Symmetric-threshold ReLU, stReLU(x) = clip(x, -Vth, Vth) (Han et al. 2023, Eq. 7).
+
+    ``torch.clamp``'s gradient is 1 inside (-Vth, Vth) and 0 outside, which is Eq. 9.
+    """
+
+    def __init__(self, vth: float = 1.0) -> None:
+        super().__init__()
+        if vth <= 0:
+            raise ValueError(f"stReLU threshold must be > 0, got {vth}")
+        self.bound = float(vth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, -self.bound, self.bound)
+
+    def extra_repr(self) -> str:
+        return f"vth={self.bound}"
+
+
+class TReLU(nn.Module):
+    """Threshold ReLU, tReLU(x) = clip(x, 0, Vth) (Han et al. 2023, Eq. 22)."""
+
+    def __init__(self, vth: float = 1.0) -> None:
+        super().__init__()
+        if vth <= 0:
+            raise ValueError(f"tReLU threshold must be > 0, got {vth}")
+        self.bound = float(vth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, 0.0, self.bound)
+
+    def extra_repr(self) -> str:
+        return f"vth={self.bound}"
+
+
+class AtLeakyReLU(nn.Module):
+    """Asymmetric-threshold LeakyReLU (Han et al. 2023, Eq. 21): 1 above 1, x on [0, 1), alpha*x on
+    (-1/alpha^2, 0), and -1/alpha below -1/alpha^2."""
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < alpha <= 1:
+            raise ValueError(f"atLeakyReLU slope alpha must be in (0, 1], got {alpha}")
+        self.alpha = float(alpha)
+        self.bound = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x.clamp(max=1.0), (self.alpha * x).clamp(min=-1.0 / self.alpha))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+register_activation(StReLU, signed=True)
+register_activation(TReLU, signed=False)
+register_activation(AtLeakyReLU, signed=True)
+MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU})
