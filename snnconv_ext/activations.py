@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .methods import register_activation
 from .models import ACTIVATIONS as MODEL_ACTIVATIONS
 
 __all__ = ["StReLU", "TReLU", "AtLeakyReLU"]
@@ -63,11 +62,14 @@ class AtLeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x >= 0, x.clamp(max=1.0), (self.alpha * x).clamp(min=-1.0 / self.alpha))
 
+    def neuron_knobs(self) -> dict:
+        """Signed IF matching Eq. 21: negative threshold 1/alpha^2 and negative spikes worth 1/alpha, so the
+        negative rate is alpha*x, saturating at -1/alpha (one spike per step)."""
+        a = self.alpha
+        return {"theta": torch.tensor(1.0), "theta_neg": torch.tensor(1.0 / a ** 2), "amplitude_neg": a}
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
-register_activation(StReLU, signed=True)
-register_activation(TReLU, signed=False)
-register_activation(AtLeakyReLU, signed=True)
 MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU})

@@ -179,6 +179,8 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
     if not nodes:
         raise ConversionError(f"no {[a.__name__ for a in method.activations]} activation found to convert")
     strategies = {n.target: thr.get(method.threshold, **method.threshold_options) for n in nodes}
+    for t, s in strategies.items():
+        s.bind(gm.get_submodule(t))
     hooks = [gm.get_submodule(t).register_forward_pre_hook(lambda m, a, t=t: strategies[t].observe(a[0]))
              for t in strategies]
     device = next(gm.parameters()).device
@@ -198,9 +200,12 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
     params = {}
     for t, s in strategies.items():
         theta = s.compute()
-        params[t] = NeuronParams(
-            theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None, memory=method.memory,
-            amplitude=method.amplitude, v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
+        knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
+                     memory=method.memory, amplitude=method.amplitude,
+                     v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
+        # an activation may define the neuron it becomes (atLeakyReLU: its own negative threshold/amplitude)
+        knobs.update(getattr(gm.get_submodule(t), "neuron_knobs", dict)())
+        params[t] = NeuronParams(**knobs)
     gm.meta["input_shape"] = shape
     return params
 

@@ -13,8 +13,10 @@ import torch.nn as nn
 
 __all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
 
+from .activations import AtLeakyReLU, StReLU, TReLU
+
 # ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
-ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False}
+ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True}
 
 
 def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
@@ -88,3 +90,22 @@ register(Method("percentile", "Layer-wise 99.9th percentile of activations (robu
                 threshold="percentile", threshold_options={"p": 99.9}, reference="Rueckauer et al. 2017"))
 register(Method("percentile-channel", "Channel-wise 99.9th percentile, IF with soft reset.",
                 threshold="percentile", threshold_options={"p": 99.9, "granularity": "channel"}))
+
+# --- signed neurons: stReLU (Han et al. 2023) and DNI + SNM (Wang et al. 2024) -------------------
+
+register(Method("strelu", "stReLU ANN (clip(x, -Vth, Vth), Eq. 7) to signed IF with thresholds +-Vth, v0 = 0.",
+                threshold="activation", signed=True, activations=(StReLU,),
+                reference="Han et al. 2023, Sec. 3"))
+register(Method("trelu", "tReLU ANN (clip(x, 0, Vth), Eq. 22) to IF with threshold Vth.",
+                threshold="activation", activations=(TReLU,), reference="Han et al. 2023, Eq. 22"))
+register(Method("atleakyrelu", "atLeakyReLU ANN (Eq. 21) to signed IF: +1 threshold, -1/alpha^2 negative threshold, "
+                "negative spikes worth 1/alpha.", threshold="activation", signed=True, activations=(AtLeakyReLU,),
+                reference="Han et al. 2023, Eq. 21"))
+register(Method("dni", "DNI: per-neuron maximum activation as threshold, v0 = theta/2 (Algorithm 1).",
+                threshold="max", threshold_options={"granularity": "neuron"}, v0="half",
+                reference="Wang et al. 2024, Sec. 4.1"))
+register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (Eqs. 19-23).",
+                threshold="max", signed=True, memory=True, reference="Wang et al. 2024, Sec. 4.2"))
+register(Method("dni+snm", "DNISNM: per-neuron max thresholds, v0 = theta/2, signed neuron with memory (Algorithm 1).",
+                threshold="max", threshold_options={"granularity": "neuron"}, v0="half", signed=True, memory=True,
+                reference="Wang et al. 2024, Algorithm 1"))

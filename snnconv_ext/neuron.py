@@ -48,6 +48,7 @@ class NeuronParams:
     amplitude: Param = 1.0
     v0: Param = 0.0
     leak: Param = 1.0
+    amplitude_neg: Optional[Param] = None  # negative spikes carry amplitude_neg*theta_neg (None: amplitude)
 
     def __post_init__(self) -> None:
         theta = torch.as_tensor(self.theta)
@@ -72,6 +73,7 @@ class NeuronParams:
             amplitude=self.amplitude if isinstance(self.amplitude, float) else _tensor(self.amplitude, like),
             v0=_tensor(self.v0, like),
             leak=self.leak if isinstance(self.leak, float) else _tensor(self.leak, like),
+            amplitude_neg=None if self.amplitude_neg is None else _tensor(self.amplitude_neg, like),
         )
 
 
@@ -112,7 +114,9 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
             neg &= state.m > 0  # SNM: only while memory is positive (Eq. 21)
         out.sub_(neg * p.theta_neg)
     v.sub_(out)  # soft reset by theta (or +theta_neg), DNISNM Eq. 22
-    if not (isinstance(p.amplitude, float) and p.amplitude == 1.0):
+    if p.amplitude_neg is not None:  # asymmetric amplitudes (atLeakyReLU's slope-alpha branch, stReLU Eq. 21)
+        out.mul_(torch.where(out < 0, p.amplitude_neg, p.amplitude))
+    elif not (isinstance(p.amplitude, float) and p.amplitude == 1.0):
         out.mul_(p.amplitude)  # spike carries amplitude*theta, Datta Eq. 8
     if p.memory:
         state.m.add_(out)  # DNISNM Eq. 23
@@ -136,6 +140,7 @@ def simulate(
     amplitude: Param = 1.0,
     v0: Param = 0.0,
     leak: Param = 1.0,
+    amplitude_neg: Optional[Param] = None,
 ) -> torch.Tensor:
     """Emitted values ``[T, ...]`` of the neuron family for input currents ``x`` of shape ``[T, ...]``.
 
@@ -143,11 +148,12 @@ def simulate(
     ``-amplitude*theta_neg`` (when ``v <= -theta_neg``, and with ``memory=True`` only while the running
     sum of emitted values is positive). The membrane loses the emitted value divided by ``amplitude``
     (soft reset). ``v`` starts at ``v0``; ``leak`` multiplies ``v`` before each input is added.
-    All parameters broadcast against ``x[0]``.
+    All parameters broadcast against ``x[0]``. ``amplitude_neg`` (default: ``amplitude``) lets negative
+    spikes carry a different amplitude.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"x must be a tensor of shape [T, ...], got {type(x).__name__} {getattr(x, 'shape', '')}")
     if not x.is_floating_point():
         x = x.float()
-    p = NeuronParams(theta, fire_at, theta_neg, memory, amplitude, v0, leak).to(x[0])
+    p = NeuronParams(theta, fire_at, theta_neg, memory, amplitude, v0, leak, amplitude_neg).to(x[0])
     return run(x, init_state(x[0], p), p)

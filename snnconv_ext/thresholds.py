@@ -66,6 +66,9 @@ class ThresholdStrategy:
         self.granularity = granularity
         self.count = 0
 
+    def bind(self, module: torch.nn.Module) -> None:
+        """Called once with the activation module this strategy serves (most strategies ignore it)."""
+
     def observe(self, z: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -151,3 +154,26 @@ class PercentileThreshold(ThresholdStrategy):
         k = max(1, min(allv.shape[1], int(round(self.p / 100.0 * allv.shape[1]))))
         theta = self._positive(allv.kthvalue(k, dim=1).values)
         return theta[0] if self.granularity == "layer" else _shape_channel(theta, self._sample_dim)
+
+
+@register("activation")
+class ActivationBound(ThresholdStrategy):
+    """The bound the ANN was trained with (stReLU/tReLU Vth, Han et al. 2023 Sec. 3: "no weight
+    normalisation needed"). Observations only check that calibration data flowed."""
+
+    def __init__(self, granularity: str = "layer") -> None:
+        super().__init__(granularity)
+        self.bound: Optional[float] = None
+
+    def bind(self, module: torch.nn.Module) -> None:
+        if not hasattr(module, "bound"):
+            raise ValueError(f"{type(module).__name__} has no trained bound; the 'activation' threshold needs "
+                             "a clipped activation such as StReLU or TReLU")
+        self.bound = float(module.bound)
+
+    def observe(self, z: torch.Tensor) -> None:
+        self.count += z.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        self._check_ready()
+        return torch.tensor(self.bound)

@@ -42,13 +42,13 @@ class Neuron(snn.Leaky):
                              torch.as_tensor(p.theta_neg, dtype=torch.float32).clone())
         self.register_buffer("v0", torch.as_tensor(p.v0, dtype=torch.float32).clone())
         self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
-        self.amplitude, self.leak = p.amplitude, p.leak
+        self.amplitude, self.leak, self.amplitude_neg = p.amplitude, p.leak, p.amplitude_neg
         self._written: Optional[torch.Tensor] = None  # the mem tensor we last wrote; anything else means "reset"
         self.m: Optional[torch.Tensor] = None
 
     def params(self, like: torch.Tensor) -> NeuronParams:
         return NeuronParams(self.threshold, self.fire_at, self.theta_neg, self.memory, self.amplitude, self.v0,
-                            self.leak).to(like)
+                            self.leak, self.amplitude_neg).to(like)
 
     def forward(self, input_: torch.Tensor, mem: Optional[torch.Tensor] = None):
         if self.init_hidden and mem is not None:

@@ -25,7 +25,7 @@ from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, step_
 
 __all__ = ["SnnconvNode", "IntegratorNode", "Scale", "SnnconvRecipe", "recipe_class", "recipes", "convert",
-           "native_node", "STATEFUL"]
+           "native_node", "normalized_node", "STATEFUL"]
 
 
 class SnnconvNode(sj_neuron.BaseNode):
@@ -44,12 +44,13 @@ class SnnconvNode(sj_neuron.BaseNode):
         self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
         self.amplitude = p.amplitude if isinstance(p.amplitude, float) else torch.as_tensor(p.amplitude)
         self.leak = p.leak if isinstance(p.leak, float) else torch.as_tensor(p.leak)
+        self.amplitude_neg = None if p.amplitude_neg is None else torch.as_tensor(p.amplitude_neg)
         self.register_memory("m", 0.0)
 
     def params(self, like: torch.Tensor) -> NeuronParams:
         """The node's knobs as core ``NeuronParams`` on ``like``'s device."""
         return NeuronParams(self.theta, self.fire_at, self.theta_neg, self.memory, self.amplitude, self.v0,
-                            self.leak).to(like)
+                            self.leak, self.amplitude_neg).to(like)
 
     def materialize_states(self, inputs, states, step_mode):
         x = inputs[0][0] if step_mode == "m" else inputs[0]
@@ -108,25 +109,40 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def _is_scalar_zero(t) -> bool:
-    return bool((torch.as_tensor(t) == 0).all())
+def _unit(p: NeuronParams) -> NeuronParams:
+    """The same neuron in units of theta: threshold 1, input and output scaled by 1/theta and theta."""
+    theta = torch.as_tensor(p.theta, dtype=torch.float32)
+    return NeuronParams(theta=1.0, fire_at=p.fire_at, theta_neg=None if p.theta_neg is None else p.theta_neg / theta,
+                        memory=p.memory, amplitude=p.amplitude, v0=torch.as_tensor(p.v0) / theta, leak=p.leak,
+                        amplitude_neg=p.amplitude_neg)
+
+
+def _sj_if(unit: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
+    """SpikingJelly's own node for a unit-threshold soft-reset IF with v0 in {0, 1/2}, else None."""
+    if unit.theta_neg is not None or unit.memory or unit.fire_at != 1.0 or unit.amplitude_neg is not None \
+            or not (isinstance(unit.amplitude, float) and unit.amplitude == 1.0) \
+            or not (isinstance(unit.leak, float) and unit.leak == 1.0):
+        return None
+    v0 = torch.as_tensor(unit.v0)
+    if bool((v0 == 0).all()):
+        return sj_neuron.IFNode(v_reset=None, step_mode=step_mode)
+    if bool((v0 == 0.5).all()):
+        return sj_neuron.HalfThresholdIFNode(step_mode=step_mode)  # v0 = theta/2
+    return None
+
+
+def normalized_node(p: NeuronParams, native: bool = False) -> nn.Module:
+    """Weight-normalisation realisation (DNISNM Eq. 18, SpikingJelly's VoltageScaler): scale the input by
+    1/theta, run a unit-threshold neuron, scale the spikes by theta. Same spikes as thresholds ``theta``."""
+    theta = torch.as_tensor(p.theta, dtype=torch.float32)
+    unit = _unit(p)
+    inner = (native and _sj_if(unit)) or SnnconvNode(unit)
+    return nn.Sequential(Scale(1.0 / theta), inner, Scale(theta))
 
 
 def native_node(p: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
     """SpikingJelly's own IF node between threshold scalers when ``p`` is exactly a soft-reset IF, else None."""
-    if p.theta_neg is not None or p.memory or not (isinstance(p.amplitude, float) and p.amplitude == 1.0) \
-            or not (isinstance(p.leak, float) and p.leak == 1.0):
-        return None
-    theta = torch.as_tensor(p.theta, dtype=torch.float32)
-    half = torch.equal(torch.as_tensor(p.v0, dtype=torch.float32).expand_as(theta), theta / 2) \
-        if not _is_scalar_zero(p.v0) else False
-    if p.fire_at == 1.0 and _is_scalar_zero(p.v0):
-        node = sj_neuron.IFNode(v_reset=None, step_mode=step_mode)
-    elif p.fire_at == 1.0 and half:
-        node = sj_neuron.HalfThresholdIFNode(step_mode=step_mode)  # v0 = theta/2 == firing at theta/2
-    else:
-        return None
-    return nn.Sequential(Scale(1.0 / theta), node, Scale(theta))
+    return normalized_node(p, native=True) if _sj_if(_unit(p), step_mode) is not None else None
 
 
 STATEFUL = (base.MemoryModule,)
@@ -141,6 +157,8 @@ def _as_loader(data) -> Iterable:
 class SnnconvRecipe(FXConversionRecipe):
     """Convert with a registered snnconv method through SpikingJelly's ``FXConverter`` lifecycle.
 
+    ``weight_norm``: realise thresholds as input/output scalers around unit-threshold neurons (DNISNM Eq. 18)
+    instead of thresholds in the neurons; the spikes are the same.
     ``dataloader``: calibration batches (tensors or (x, y) pairs). ``native``: use SpikingJelly's IF nodes
     where exact; ``None`` (default) does so when converting on CUDA, where its kernels pay off (on CPU its
     reference loop is several times slower than ours). Extra keyword options override the method's fields (e.g. ``p=99.99, granularity="channel"``).
@@ -149,13 +167,15 @@ class SnnconvRecipe(FXConversionRecipe):
     method_name: Optional[str] = None
 
     def __init__(self, dataloader: Iterable, method: Optional[str] = None, native: Optional[bool] = None,
-                 max_batches: Optional[int] = None, progress: bool = True, **options) -> None:
+                 weight_norm: bool = False, max_batches: Optional[int] = None, progress: bool = True,
+                 **options) -> None:
         name = method if method is not None else self.method_name
         if name is None:
             raise ValueError("SnnconvRecipe needs a method name (see snnconv_ext.methods())")
         self.method = get_method(name, **options)
         self.dataloader = dataloader
         self.native, self.max_batches, self.progress = native, max_batches, progress
+        self.weight_norm = weight_norm
         self.params = None
 
     def validate(self, converter) -> None:
@@ -181,6 +201,8 @@ class SnnconvRecipe(FXConversionRecipe):
 
     def node(self, p: NeuronParams) -> nn.Module:
         """The spiking module for one layer: SpikingJelly's own when exact and allowed, else ``SnnconvNode``."""
+        if self.weight_norm:
+            return normalized_node(p, native=bool(self.native))
         return (self.native and native_node(p)) or SnnconvNode(p)
 
     def replace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
