@@ -10,7 +10,29 @@ import torch.nn as nn
 
 from .models import ACTIVATIONS as MODEL_ACTIVATIONS
 
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU"]
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "LEAF_FUNCTIONS"]
+
+
+# torch.fx traces through custom modules; these wrapped functions stay single call_function nodes that
+# graph.relift_activations turns back into modules (SpikingJelly's tracer has no custom leaf modules).
+def strelu(x: torch.Tensor, vth: float) -> torch.Tensor:
+    """clip(x, -vth, vth), Eq. 7."""
+    return torch.clamp(x, -vth, vth)
+
+
+def trelu(x: torch.Tensor, vth: float) -> torch.Tensor:
+    """clip(x, 0, vth), Eq. 22."""
+    return torch.clamp(x, 0.0, vth)
+
+
+def atleakyrelu(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 21."""
+    return torch.where(x >= 0, x.clamp(max=1.0), (alpha * x).clamp(min=-1.0 / alpha))
+
+
+torch.fx.wrap("strelu")
+torch.fx.wrap("trelu")
+torch.fx.wrap("atleakyrelu")
 
 
 class StReLU(nn.Module):
@@ -26,7 +48,7 @@ class StReLU(nn.Module):
         self.bound = float(vth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, -self.bound, self.bound)
+        return strelu(x, self.bound)
 
     def extra_repr(self) -> str:
         return f"vth={self.bound}"
@@ -42,7 +64,7 @@ class TReLU(nn.Module):
         self.bound = float(vth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, 0.0, self.bound)
+        return trelu(x, self.bound)
 
     def extra_repr(self) -> str:
         return f"vth={self.bound}"
@@ -60,7 +82,7 @@ class AtLeakyReLU(nn.Module):
         self.bound = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, x.clamp(max=1.0), (self.alpha * x).clamp(min=-1.0 / self.alpha))
+        return atleakyrelu(x, self.alpha)
 
     def neuron_knobs(self) -> dict:
         """Signed IF matching Eq. 21: negative threshold 1/alpha^2 and negative spikes worth 1/alpha, so the
@@ -72,4 +94,5 @@ class AtLeakyReLU(nn.Module):
         return f"alpha={self.alpha}"
 
 
+LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU}
 MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU})

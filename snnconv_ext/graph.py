@@ -16,12 +16,13 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from . import thresholds as thr
+from .activations import LEAF_FUNCTIONS
 from .methods import ACTIVATIONS, Method
 from .neuron import NeuronParams
 
 __all__ = [
     "trace", "fold_bn", "check_supported", "activation_nodes", "calibrate_thresholds",
-    "replace_activations", "SeqModule", "to_multistep", "ConversionError", "iter_inputs",
+    "replace_activations", "relift_activations", "SeqModule", "to_multistep", "ConversionError", "iter_inputs",
 ]
 
 
@@ -51,6 +52,30 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as exc:  # pragma: no cover - message passthrough
         raise ConversionError(f"torch.fx could not trace {type(model).__name__}: {exc}") from exc
     gm.eval()
+    return relift_activations(gm)
+
+
+def relift_activations(gm: fx.GraphModule) -> fx.GraphModule:
+    """Turn traced activation functions (``activations.LEAF_FUNCTIONS``) back into modules, named after the
+    module they came from, so they can be replaced by neurons like ``nn.ReLU``."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in LEAF_FUNCTIONS:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else node.name
+            name = "act_" + path.replace(".", "_")
+            while hasattr(gm, name):
+                name += "_"
+            gm.add_submodule(name, LEAF_FUNCTIONS[node.target](*node.args[1:], **node.kwargs))
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
     return gm
 
 

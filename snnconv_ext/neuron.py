@@ -16,7 +16,7 @@ One step, with theta, theta_neg > 0 and ``a`` the amplitude::
          -a*theta_neg  if v <= -theta_neg (and m > 0 when memory=True)   # (DNISNM Eq. 21)
          0             otherwise
     v <- v - s / a                                       # soft reset (DNISNM Eq. 22)
-    m <- m + s                                           # memory (DNISNM Eq. 23)
+    m <- m + s / theta                                   # memory (DNISNM Eq. 23, in units of theta)
 
 ``s`` is what the next layer receives. Framework modules (SpikingJelly ``BaseNode``, snnTorch
 ``SpikingNeuron``) call :func:`step_`; none re-implements it.
@@ -79,7 +79,13 @@ class NeuronParams:
 
 @dataclass
 class NeuronState:
-    """Membrane potential ``v`` and SNM memory ``m`` (running sum of emitted values)."""
+    """Membrane potential ``v`` and SNM memory ``m``.
+
+    ``m`` is the running sum of emitted spikes (DNISNM Eq. 23) divided by theta > 0: +1 per positive spike,
+    -theta_neg/theta per negative one. Dividing by a positive number keeps Eq. 21's test ``m > 0``, and
+    with symmetric thresholds the sum is an exact integer, so float rounding cannot let a neuron whose
+    spikes cancel out fire one more negative spike.
+    """
 
     v: torch.Tensor
     m: Optional[torch.Tensor] = field(default=None)
@@ -107,19 +113,21 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
     # fire: 1.0 where v >= fire_at*theta (ttrbr Eq. 12 when fire_at=1/2); a float compare into `out`
     # is about twice as fast on CPU as building a bool mask and multiplying it.
     torch.ge(v, p.theta * p.fire_at if p.fire_at != 1.0 else p.theta, out=out)
+    if p.memory:
+        state.m.add_(out)  # memory, DNISNM Eq. 23, kept in units of theta (see NeuronState)
     out.mul_(p.theta)
     if p.theta_neg is not None:
         neg = v <= -p.theta_neg  # signed IF (stReLU Sec. 3) / SNM (DNISNM Eq. 21)
         if p.memory:
-            neg &= state.m > 0  # SNM: only while memory is positive (Eq. 21)
+            neg &= state.m > 0  # SNM: only while memory is positive (Eq. 21); a positive spike this
+            # step excludes a negative one, so adding it first leaves the gate as m(t-1) > 0
+            state.m.sub_(neg * (p.theta_neg / p.theta))
         out.sub_(neg * p.theta_neg)
     v.sub_(out)  # soft reset by theta (or +theta_neg), DNISNM Eq. 22
     if p.amplitude_neg is not None:  # asymmetric amplitudes (atLeakyReLU's slope-alpha branch, stReLU Eq. 21)
         out.mul_(torch.where(out < 0, p.amplitude_neg, p.amplitude))
     elif not (isinstance(p.amplitude, float) and p.amplitude == 1.0):
         out.mul_(p.amplitude)  # spike carries amplitude*theta, Datta Eq. 8
-    if p.memory:
-        state.m.add_(out)  # DNISNM Eq. 23
     return out
 
 

@@ -190,7 +190,7 @@ class SnnconvRecipe(FXConversionRecipe):
         return ann
 
     def after_trace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        fx_model = graph.fold_bn(fx_model)
+        fx_model = graph.fold_bn(graph.relift_activations(fx_model))
         graph.check_supported(fx_model, self.method)
         return fx_model
 
