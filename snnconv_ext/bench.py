@@ -66,14 +66,17 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
     log(f"{model_name}: ANN accuracy {ann_acc:.2f}% on {len(test)} test images "
         f"({time.perf_counter() - t0:.1f} s); calibration on {n_calib} training images")
     rows = []
+    present = {type(m) for m in ann.modules()}
     for name in method_list:
+        why = _not_applicable(name, present)
+        if why:
+            log(f"  {name:<22} n/a on {model_name}: {why}")
+            continue
         t0 = time.perf_counter()
         if name in SJ_RECIPES:
             snn = sj_convert(ann, name, calib)
-        elif name in method_names():
-            snn = convert(ann, method=name, calib_data=calib, progress=False)
         else:
-            raise KeyError(f"unknown method {name!r}: ours {method_names()}, SpikingJelly's {sorted(SJ_RECIPES)}")
+            snn = convert(ann, method=name, calib_data=calib, progress=False)
         t_conv = time.perf_counter() - t0
         t0 = time.perf_counter()
         acc = evaluate(snn, test, timesteps, batch_size=batch_size, chunk=chunk, progress=progress, desc=name)
@@ -86,6 +89,21 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
         write_outputs(rows, Path(out))
         log(f"wrote {Path(out) / 'results.csv'} and {Path(out) / 'accuracy_vs_T.png'}")
     return rows
+
+
+def _not_applicable(name: str, present: set) -> str:
+    """Why ``name`` cannot convert a model with these module types ('' if it can)."""
+    from .methods import ACTIVATIONS, get
+
+    acts = {t for t in present if t in ACTIVATIONS}
+    if name in SJ_RECIPES:
+        return "" if acts <= {nn.ReLU} else f"SpikingJelly's RateCodingRecipe converts ReLU, the model uses " \
+                                            f"{sorted(t.__name__ for t in acts)}"
+    if name not in method_names():
+        raise KeyError(f"unknown method {name!r}: ours {method_names()}, SpikingJelly's {sorted(SJ_RECIPES)}")
+    wanted = set(get(name).activations)
+    return "" if acts <= wanted else f"method converts {sorted(t.__name__ for t in wanted)}, the model uses " \
+                                     f"{sorted(t.__name__ for t in acts)}"
 
 
 def format_table(rows: List[Dict]) -> str:
@@ -113,23 +131,28 @@ def write_outputs(rows: List[Dict], out: Path) -> None:
         w = csv.DictWriter(f, fieldnames=["model", "method", "T", "accuracy", "ann_accuracy"])
         w.writeheader()
         w.writerows(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["T"], r["accuracy"]) for r in rows if r["method"] == m]
-        ax.plot(*zip(*pts), marker="o", ls="--" if m.startswith("sj-") else "-", label=m)
-    ax.axhline(rows[0]["ann_accuracy"], color="k", lw=0.8, label="ANN")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("time steps T")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(rows[0]["model"])
-    ax.legend(fontsize=8)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mrows = [r for r in rows if r["model"] == model]
+        for m in dict.fromkeys(r["method"] for r in mrows):
+            pts = [(r["T"], r["accuracy"]) for r in mrows if r["method"] == m]
+            ax.plot(*zip(*pts), marker="o", ls="--" if m.startswith("sj-") else "-", label=m)
+        ax.axhline(mrows[0]["ann_accuracy"], color="k", lw=0.8, label="ANN")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_T.png", dpi=120)
     plt.close(fig)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="fmnist-net4", help="zoo entry (snnconv_ext.zoo.names())")
+    p.add_argument("--model", default="fmnist-net4",
+                   help="zoo entry or comma-separated entries (snnconv_ext.zoo.names()); methods that cannot "
+                        "convert a model's activations are reported as n/a")
     p.add_argument("--methods", default="max,percentile,sj-max,sj-99.9,sj-best",
                    help=f"comma-separated; ours: {', '.join(method_names())}; SpikingJelly: {', '.join(SJ_RECIPES)}")
     p.add_argument("--timesteps", default="1,2,4,8,16,32,64,128")
@@ -143,7 +166,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
-    run_bench(args.model, [m.strip() for m in args.methods.split(",") if m.strip()],
-              [int(t) for t in args.timesteps.split(",")], Path(args.out), args.n_test, args.n_calib,
-              args.batch_size, args.chunk, progress=not args.no_progress)
+    rows = []
+    for model in [m.strip() for m in args.model.split(",") if m.strip()]:
+        rows += run_bench(model, [m.strip() for m in args.methods.split(",") if m.strip()],
+                          [int(t) for t in args.timesteps.split(",")], None, args.n_test, args.n_calib,
+                          args.batch_size, args.chunk, progress=not args.no_progress)
+    if not rows:
+        raise SystemExit("no method applied to any model: nothing to report")
+    write_outputs(rows, Path(args.out))
+    print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'accuracy_vs_T.png'}")
     return 0

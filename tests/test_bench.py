@@ -28,3 +28,10 @@ def test_unknown_method_is_refused():
     import pytest
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         bench.run_bench("fmnist-net4", ["nope"], [1], None, n_test=10, n_calib=16, log=lambda s: None)
+
+
+def test_bench_reports_inapplicable_methods(tmp_path, capsys):
+    rows = bench.run_bench("fmnist-net4", ["strelu", "max"], [2], None, n_test=50, n_calib=64, progress=False)
+    assert {r["method"] for r in rows} == {"max"}
+    out = capsys.readouterr().out
+    assert "strelu" in out and "n/a on fmnist-net4: method converts ['StReLU'], the model uses ['ReLU']" in out
