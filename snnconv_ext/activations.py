@@ -35,39 +35,34 @@ torch.fx.wrap("trelu")
 torch.fx.wrap("atleakyrelu")
 
 
-class StReLU(nn.Module):
+class _Bounded(nn.Module):
+    """An activation clipped at a trained bound Vth > 0 (the converted neuron's threshold)."""
+
+    def __init__(self, vth: float = 1.0) -> None:
+        super().__init__()
+        if vth <= 0:
+            raise ValueError(f"{type(self).__name__} threshold must be > 0, got {vth}")
+        self.bound = float(vth)
+
+    def extra_repr(self) -> str:
+        return f"vth={self.bound}"
+
+
+class StReLU(_Bounded):
     """Symmetric-threshold ReLU, stReLU(x) = clip(x, -Vth, Vth) (Han et al. 2023, Eq. 7).
 
     ``torch.clamp``'s gradient is 1 inside (-Vth, Vth) and 0 outside, which is Eq. 9.
     """
 
-    def __init__(self, vth: float = 1.0) -> None:
-        super().__init__()
-        if vth <= 0:
-            raise ValueError(f"stReLU threshold must be > 0, got {vth}")
-        self.bound = float(vth)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return strelu(x, self.bound)
-
-    def extra_repr(self) -> str:
-        return f"vth={self.bound}"
+        return strelu(x, self.bound)  # the global name, so torch.fx keeps it as one node
 
 
-class TReLU(nn.Module):
+class TReLU(_Bounded):
     """Threshold ReLU, tReLU(x) = clip(x, 0, Vth) (Han et al. 2023, Eq. 22)."""
-
-    def __init__(self, vth: float = 1.0) -> None:
-        super().__init__()
-        if vth <= 0:
-            raise ValueError(f"tReLU threshold must be > 0, got {vth}")
-        self.bound = float(vth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return trelu(x, self.bound)
-
-    def extra_repr(self) -> str:
-        return f"vth={self.bound}"
 
 
 class AtLeakyReLU(nn.Module):

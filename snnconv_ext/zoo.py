@@ -69,6 +69,20 @@ ENTRIES: dict[str, Entry] = {
         augment="crop2+flip",
         description="Net2 (12c5-p2-64c5-p2-10) with stReLU, trained on Fashion-MNIST (the paper uses MNIST).",
     ),
+    # Net2 with each activation of the stReLU paper's comparison (Sec. 3.3): small enough to keep all four.
+    "fmnist-net2": Entry(
+        dataset="fashion_mnist", arch="net2", act="relu", epochs=10, lr=1e-3, batch_size=128, augment="crop2+flip",
+        description="Net2 (12c5-p2-64c5-p2-10) with ReLU on Fashion-MNIST (the paper uses MNIST).",
+    ),
+    "fmnist-net2-trelu": Entry(
+        dataset="fashion_mnist", arch="net2", act="trelu", epochs=10, lr=1e-3, batch_size=128, augment="crop2+flip",
+        description="Net2 with tReLU (Eq. 22) on Fashion-MNIST.",
+    ),
+    "fmnist-net2-atleakyrelu": Entry(
+        dataset="fashion_mnist", arch="net2", act="atleakyrelu", epochs=10, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="Net2 with atLeakyReLU (Eq. 21, alpha=0.5) on Fashion-MNIST.",
+    ),
     "fmnist-vgg-bn": Entry(
         dataset="fashion_mnist", arch="vgg_bn", act="relu", epochs=6, lr=1e-3, batch_size=128,
         augment="crop2+flip",

@@ -42,3 +42,26 @@ def trained_cnn(digits):
 def calib(digits):
     from snnconv_ext import data
     return data.loader(data.subset(digits[0], 512, seed=0), batch_size=128)
+
+
+def run_both_backends(sj_net, st_net, x, T):
+    """Simulate a SpikingJelly and an snnTorch conversion of one model for T steps; return both outputs
+    ``[T, B, classes]`` and, per spiking layer, whether the two emitted identical spike trains."""
+    import snntorch.utils
+    from snnconv_ext.evaluate import simulate_net
+    from snnconv_snntorch import Neuron
+    from snnconv_spikingjelly import SnnconvNode
+
+    spikes_sj, spikes_st = [], []
+    hooks = [m.register_forward_hook(lambda m, i, o: spikes_sj.append(o)) for m in sj_net.modules()
+             if isinstance(m, SnnconvNode)]
+    hooks += [m.register_forward_hook(lambda m, i, o: spikes_st.append(o)) for m in st_net.modules()
+              if isinstance(m, Neuron)]
+    a = torch.cat(list(simulate_net(sj_net, x, T, chunk=T)))
+    snntorch.utils.reset(st_net)
+    b = torch.stack([st_net(x) for _ in range(T)])
+    for h in hooks:
+        h.remove()
+    n = len(spikes_sj)
+    same = [torch.equal(spikes_sj[k], torch.stack(spikes_st[k::n])) for k in range(n)]
+    return a, b, same

@@ -25,14 +25,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.mark.parametrize("arch,shape,n_act", CASES)
 def test_output_shape_and_activation_modules(arch, shape, n_act):
     model = models.build(arch, Marker)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import ann2snn, functional, neuron as sj_neuron
 
 import snnconv_ext as sc
+from conftest import run_both_backends
 from snnconv_ext.evaluate import simulate_net
 from snnconv_ext.neuron import NeuronParams, simulate
 from snnconv_snntorch import Neuron as TorchNeuron, convert as to_snntorch
@@ -93,23 +94,10 @@ def test_native_and_own_nodes_agree_on_a_network(trained_cnn, calib, digits):
 def test_snntorch_and_spikingjelly_versions_identical(trained_cnn, calib, digits):
     x = digits[1].tensors[0][:64]
     for method in ("max", "percentile-channel"):
-        sj_net = sc.convert(trained_cnn, method, calib, progress=False)
         st_net = to_snntorch(trained_cnn, method, calib, progress=False)
         assert isinstance(st_net, nn.Sequential)
-        spikes_sj, spikes_st = [], []
-        for m in sj_net.modules():
-            if isinstance(m, SnnconvNode):
-                m.register_forward_hook(lambda m, i, o: spikes_sj.append(o))
-        for m in st_net.modules():
-            if isinstance(m, TorchNeuron):
-                m.register_forward_hook(lambda m, i, o: spikes_st.append(o))
-        a = torch.cat(list(simulate_net(sj_net, x, 8, chunk=8)))
-        snntorch.utils.reset(st_net)
-        b = torch.stack([st_net(x) for _ in range(8)])
-        n = len(spikes_sj)
-        assert n == 3
-        for layer in range(n):  # identical spikes in every layer
-            assert torch.equal(spikes_sj[layer], torch.stack(spikes_st[layer::n]))
+        a, b, same = run_both_backends(sc.convert(trained_cnn, method, calib, progress=False), st_net, x, 8)
+        assert same == [True, True, True]  # identical spikes in every layer
         # outputs equal up to float summation order of batched vs per-step matmuls
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert torch.equal(a.argmax(-1), b.argmax(-1))

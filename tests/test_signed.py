@@ -6,12 +6,13 @@ import torch
 import torch.nn as nn
 
 import snnconv_ext as sc
+from conftest import run_both_backends
 from snnconv_ext import graph
 from snnconv_ext.activations import AtLeakyReLU, StReLU, TReLU
 from snnconv_ext.evaluate import simulate_net
 from snnconv_ext.neuron import NeuronParams, simulate
 from snnconv_spikingjelly import SnnconvNode, normalized_node
-from snnconv_snntorch import Neuron as TorchNeuron, convert as to_snntorch
+from snnconv_snntorch import convert as to_snntorch
 
 
 def test_activation_shapes_and_strelu_gradient():
@@ -72,23 +73,10 @@ def test_strelu_conversion_reaches_ann_and_uses_negative_spikes(strelu_net, digi
 
 def test_signed_network_identical_in_spikingjelly_and_snntorch(strelu_net, calib, digits):
     x = digits[1].tensors[0][:32]
-    for method, net in (("strelu", strelu_net),):
-        a_net = sc.convert(net, method, calib, progress=False)
-        b_net = to_snntorch(net, method, calib, progress=False)
-        sa, sb = [], []
-        for m in a_net.modules():
-            if isinstance(m, SnnconvNode):
-                m.register_forward_hook(lambda m, i, o: sa.append(o))
-        for m in b_net.modules():
-            if isinstance(m, TorchNeuron):
-                m.register_forward_hook(lambda m, i, o: sb.append(o))
-        a = torch.cat(list(simulate_net(a_net, x, 8, chunk=8)))
-        import snntorch.utils
-        snntorch.utils.reset(b_net)
-        b = torch.stack([b_net(x) for _ in range(8)])
-        for layer in range(len(sa)):
-            assert torch.equal(sa[layer], torch.stack(sb[layer::len(sa)]))
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    a, b, same = run_both_backends(sc.convert(strelu_net, "strelu", calib, progress=False),
+                                   to_snntorch(strelu_net, "strelu", calib, progress=False), x, 8)
+    assert same == [True, True]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_snm_network_never_fires_negative_without_memory(trained_cnn, calib, digits):

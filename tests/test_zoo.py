@@ -16,14 +16,6 @@ REQUIRED = {"file", "sha256", "arch", "dataset", "activation", "test_accuracy", 
             "epochs", "optimizer", "lr", "batch_size", "augmentation", "torch", "train_time_s"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.fixture
 def zoo_copy(tmp_path):
     """A tmp copy of the manifest and the (small) fmnist-net4 checkpoint."""
