@@ -101,3 +101,16 @@ def test_snntorch_and_spikingjelly_versions_identical(trained_cnn, calib, digits
         # outputs equal up to float summation order of batched vs per-step matmuls
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("name, method", [("fmnist-net4", "percentile"), ("fmnist-net4-strelu", "strelu")])
+def test_zoo_model_identical_outputs_in_both_frameworks(name, method):
+    from snnconv_ext import data, zoo
+    ann = zoo.load(name)
+    calib = data.loader(data.subset(data.fashion_mnist("train"), 256, seed=0), batch_size=128)
+    x = data.fashion_mnist("test").tensors[0][:32]
+    a, b, same = run_both_backends(sc.convert(ann, method, calib, progress=False),
+                                   to_snntorch(ann, method, calib, progress=False), x, 8)
+    assert same and all(same)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
