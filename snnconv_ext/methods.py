@@ -46,7 +46,7 @@ class Method:
     def with_options(self, **options) -> "Method":
         """Copy with fields overridden; ``p``/``granularity`` go to the threshold strategy."""
         topts = dict(self.threshold_options)
-        for key in ("p", "granularity", "cap"):
+        for key in ("p", "granularity", "cap", "T", "N", "rounding"):
             if key in options:
                 topts[key] = options.pop(key)
         unknown = set(options) - set(self.__dataclass_fields__)
@@ -109,3 +109,14 @@ register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (
 register(Method("dni+snm", "DNISNM: per-neuron max thresholds, v0 = theta/2, signed neuron with memory (Algorithm 1).",
                 threshold="max", threshold_options={"granularity": "neuron"}, v0="half", signed=True, memory=True,
                 reference="Wang et al. 2024, Algorithm 1"))
+
+
+# --- Li et al. 2022 parameter calibration: thresholds (calibration passes come with their issue) ------
+register(Method("clipround", "Layer-wise max threshold with ClipRound: fire at theta/2 (Eq. 17).",
+                threshold="max", fire_at=0.5, reference="Li et al. 2022, Eq. 17"))
+register(Method("mmse", "MMSE threshold for the given T (option T=...), layer-wise, with ClipRound (Eq. 18, Algorithm 1).",
+                threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5,
+                reference="Li et al. 2022, Eq. 18, Algorithm 1"))
+register(Method("mmse-channel", "Channel-wise MMSE threshold for the given T (option T=...), with ClipRound.",
+                threshold="mmse", threshold_options={"T": 8, "N": 100, "granularity": "channel"}, fire_at=0.5,
+                reference="Li et al. 2022, Sec. 4.3"))

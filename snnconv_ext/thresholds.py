@@ -177,3 +177,44 @@ class ActivationBound(ThresholdStrategy):
     def compute(self) -> torch.Tensor:
         self._check_ready()
         return torch.tensor(self.bound)
+
+
+def clip_round(x: torch.Tensor, theta: torch.Tensor, T: int, rounding: str = "round") -> torch.Tensor:
+    """ClipRound (Li et al. 2022, Eq. 17): theta/T * clip(floor(T x / theta + 1/2), 0, T), the T-step mean
+    output of an IF neuron firing at theta/2; ``rounding="floor"`` gives ClipFloor (Eq. 10)."""
+    shift = 0.5 if rounding == "round" else 0.0
+    return theta / T * torch.clamp(torch.floor(T * x / theta + shift), 0, T)
+
+
+@register("mmse")
+class MMSEThreshold(PercentileThreshold):
+    """Threshold minimising the MSE between ReLU and its ClipRound quantisation for T steps (Li et al. 2022,
+    Eq. 18, Algorithm 1): a grid of N points in (0, max], layer- or channel-wise.
+
+    Algorithm 1's text says ClipFloor while Eq. 18 says ClipRound; ``rounding`` picks (default Eq. 18).
+    """
+
+    def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
+                 cap: int = 1 << 22, seed: int = 0) -> None:
+        super().__init__(p=100.0, granularity=granularity, cap=cap, seed=seed)
+        if int(T) < 1 or int(N) < 1:
+            raise ValueError(f"MMSE needs T >= 1 and N >= 1 grid points, got T={T}, N={N}")
+        if rounding not in ("round", "floor"):
+            raise ValueError(f"rounding must be 'round' (Eq. 18) or 'floor' (ClipFloor), got {rounding!r}")
+        self.T, self.N, self.rounding = int(T), int(N), rounding
+
+    def compute(self) -> torch.Tensor:
+        self._check_ready()
+        if self.n > self.cap:
+            self._shrink()
+        x = torch.cat(self.values, dim=1)  # [groups, n], already ReLU'd
+        top = x.max(dim=1).values.clamp_min(1e-8)  # [groups]
+        best_err = torch.full_like(top, float("inf"))
+        best = top.clone()
+        for j in range(1, self.N + 1):  # Algorithm 1: theta_j = j/N * max
+            theta = top * j / self.N
+            err = (clip_round(x, theta[:, None], self.T, self.rounding) - x).pow(2).mean(dim=1)
+            better = err < best_err
+            best = torch.where(better, theta, best)
+            best_err = torch.where(better, err, best_err)
+        return best[0] if self.granularity == "layer" else _shape_channel(best, self._sample_dim)
