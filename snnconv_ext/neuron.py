@@ -117,12 +117,13 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
         state.m.add_(out)  # memory, DNISNM Eq. 23, kept in units of theta (see NeuronState)
     out.mul_(p.theta)
     if p.theta_neg is not None:
-        neg = v <= -p.theta_neg  # signed IF (stReLU Sec. 3) / SNM (DNISNM Eq. 21)
+        neg = torch.empty_like(v)
+        torch.le(v, -p.theta_neg, out=neg)  # signed IF (stReLU Sec. 3) / SNM (DNISNM Eq. 21), as 0/1 floats
         if p.memory:
-            neg &= state.m > 0  # SNM: only while memory is positive (Eq. 21); a positive spike this
+            neg.mul_(state.m > 0)  # SNM: only while memory is positive (Eq. 21); a positive spike this
             # step excludes a negative one, so adding it first leaves the gate as m(t-1) > 0
             state.m.sub_(neg * (p.theta_neg / p.theta))
-        out.sub_(neg * p.theta_neg)
+        out.addcmul_(neg, p.theta_neg, value=-1)
     v.sub_(out)  # soft reset by theta (or +theta_neg), DNISNM Eq. 22
     if p.amplitude_neg is not None:  # asymmetric amplitudes (atLeakyReLU's slope-alpha branch, stReLU Eq. 21)
         out.mul_(torch.where(out < 0, p.amplitude_neg, p.amplitude))
