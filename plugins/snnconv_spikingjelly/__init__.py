@@ -21,6 +21,7 @@ from spikingjelly.activation_based.ann2snn import FXConverter, FXConversionRecip
 from torch import fx
 
 from snnconv_ext import graph
+from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, step_
 
@@ -148,12 +149,6 @@ def native_node(p: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
 STATEFUL = (base.MemoryModule,)
 
 
-def _as_loader(data) -> Iterable:
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        return torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
-    return data
-
-
 class SnnconvRecipe(FXConversionRecipe):
     """Convert with a registered snnconv method through SpikingJelly's ``FXConverter`` lifecycle.
 
@@ -195,7 +190,7 @@ class SnnconvRecipe(FXConversionRecipe):
         return fx_model
 
     def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        self.params = graph.calibrate_thresholds(fx_model, self.method, _as_loader(self.dataloader),
+        self.params = graph.calibrate_thresholds(fx_model, self.method, as_loader(self.dataloader),
                                                  max_batches=self.max_batches, progress=self.progress)
         return fx_model
 
