@@ -152,7 +152,7 @@ def check_supported(gm: fx.GraphModule, method: Method) -> None:
                 raise ConversionError(f"{where}: unsupported layer; snnconv converts conv, linear, BN (folded), "
                                       "average pooling, flatten, dropout, residual additions and the method's activations.")
         elif node.op == "call_function":
-            if node.target in KNOWN_ACTIVATION_FUNCS or node.target is F.relu:
+            if node.target in KNOWN_ACTIVATION_FUNCS:
                 raise ConversionError(f"{where}: activation {getattr(node.target, '__name__', node.target)} is called as a "
                                       "function in forward(); use an nn.Module (e.g. nn.ReLU) so it can be replaced by neurons.")
             if node.target not in FUNCTIONS:

@@ -132,18 +132,23 @@ def _sj_if(unit: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
     return None
 
 
-def normalized_node(p: NeuronParams, native: bool = False) -> nn.Module:
+def normalized_node(p: NeuronParams, native: bool = False, step_mode: str = "m") -> nn.Module:
     """Weight-normalisation realisation (DNISNM Eq. 18, SpikingJelly's VoltageScaler): scale the input by
     1/theta, run a unit-threshold neuron, scale the spikes by theta. Same spikes as thresholds ``theta``."""
-    theta = torch.as_tensor(p.theta, dtype=torch.float32)
     unit = _unit(p)
-    inner = (native and _sj_if(unit)) or SnnconvNode(unit)
+    inner = (native and _sj_if(unit, step_mode)) or SnnconvNode(unit, step_mode=step_mode)
+    return _wrap(p, inner)
+
+
+def _wrap(p: NeuronParams, inner: nn.Module) -> nn.Sequential:
+    theta = torch.as_tensor(p.theta, dtype=torch.float32)
     return nn.Sequential(Scale(1.0 / theta), inner, Scale(theta))
 
 
 def native_node(p: NeuronParams, step_mode: str = "m") -> Optional[nn.Module]:
     """SpikingJelly's own IF node between threshold scalers when ``p`` is exactly a soft-reset IF, else None."""
-    return normalized_node(p, native=True) if _sj_if(_unit(p), step_mode) is not None else None
+    inner = _sj_if(_unit(p), step_mode)
+    return None if inner is None else _wrap(p, inner)
 
 
 STATEFUL = (base.MemoryModule,)
