@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .models import ACTIVATIONS as MODEL_ACTIVATIONS
 
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "LEAF_FUNCTIONS"]
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "LEAF_FUNCTIONS"]
 
 
 # torch.fx traces through custom modules; these wrapped functions stay single call_function nodes that
@@ -30,7 +30,13 @@ def atleakyrelu(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.where(x >= 0, x.clamp(max=1.0), (alpha * x).clamp(min=-1.0 / alpha))
 
 
+def clamp_act(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """clamp(x, 0, alpha) with a trainable upper level alpha (TTRBR Sec. 4, Eq. 7)."""
+    return torch.minimum(torch.relu(x), alpha)
+
+
 torch.fx.wrap("strelu")
+torch.fx.wrap("clamp_act")
 torch.fx.wrap("trelu")
 torch.fx.wrap("atleakyrelu")
 
@@ -89,5 +95,36 @@ class AtLeakyReLU(nn.Module):
         return f"alpha={self.alpha}"
 
 
-LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU}
-MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU})
+class Clamp(nn.Module):
+    """clamp(x, 0, alpha) with a trainable upper level alpha per layer (TTRBR Sec. 4, after Choi et al. 2018).
+
+    Its gradient reaches alpha where x > alpha; training adds an L2 penalty on alpha (``train`` puts alphas
+    in their own weight-decay group) and calls :meth:`project_` after each step so alpha stays positive.
+    """
+
+    def __init__(self, alpha: float = 1.0, min_alpha: float = 1e-3) -> None:
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"Clamp upper level alpha must be > 0, got {alpha}")
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.min_alpha = float(min_alpha)
+
+    @property
+    def bound(self) -> float:
+        """The trained upper level (what the ``activation`` threshold strategy would use)."""
+        return float(self.alpha.detach())
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep alpha >= min_alpha > 0 (projected gradient step)."""
+        self.alpha.clamp_(min=self.min_alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clamp_act(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.bound:.4g}"
+
+
+LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp}
+MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp})

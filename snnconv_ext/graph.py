@@ -66,7 +66,10 @@ def relift_activations(gm: fx.GraphModule) -> fx.GraphModule:
             name = "act_" + path.replace(".", "_")
             while hasattr(gm, name):
                 name += "_"
-            gm.add_submodule(name, LEAF_FUNCTIONS[node.target](*node.args[1:], **node.kwargs))
+            # a trained parameter (Clamp's alpha) arrives as a get_attr node: pass its value
+            args = [float(_fetch(gm, a.target)) if isinstance(a, fx.Node) and a.op == "get_attr" else a
+                    for a in node.args[1:]]
+            gm.add_submodule(name, LEAF_FUNCTIONS[node.target](*args, **node.kwargs))
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_module(name, (node.args[0],))
             new.meta = dict(node.meta)
@@ -74,9 +77,19 @@ def relift_activations(gm: fx.GraphModule) -> fx.GraphModule:
             gm.graph.erase_node(node)
             changed = True
     if changed:
+        for node in list(gm.graph.nodes):  # parameters only the activations read are now unused
+            if node.op == "get_attr" and not node.users:
+                gm.graph.erase_node(node)
         gm.graph.lint()
         gm.recompile()
     return gm
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach()
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
@@ -170,17 +183,21 @@ def activation_nodes(gm: fx.GraphModule, method: Method) -> List[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], method.activations)]
 
 
-def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration data") -> Iterable[torch.Tensor]:
-    """Yield input tensors from a loader of tensors, (x, y) pairs or dicts; refuse empty or bad batches."""
+def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration data",
+                with_labels: bool = False) -> Iterable[torch.Tensor]:
+    """Yield input tensors from a loader of tensors, (x, y) pairs or dicts; refuse empty or bad batches.
+    ``with_labels=True`` yields ``(x, y)`` with ``y`` None when a batch carries no integer labels."""
     n = 0
     for batch in data:
-        x = batch
+        x, y = batch, None
         if isinstance(batch, (list, tuple)):
             if not batch:
                 raise ValueError(f"{what}: empty batch")
             x = batch[0]
+            y = batch[1] if len(batch) > 1 else None
         elif isinstance(batch, dict):
             x = batch.get("input", batch.get("image", batch.get("x")))
+            y = batch.get("label", batch.get("target", batch.get("y")))
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{what}: batch {n} holds {type(x).__name__}, expected a tensor or (tensor, label)")
         if x.dim() < 2:
@@ -190,7 +207,11 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
         if torch.isnan(x).any():
             raise ValueError(f"{what}: batch {n} contains NaN")
         n += 1
-        yield x.to(device)
+        if not with_labels:
+            yield x.to(device)
+            continue
+        ok = isinstance(y, torch.Tensor) and not y.is_floating_point() and y.shape[:1] == x.shape[:1]
+        yield x.to(device), (y.to(device) if ok else None)
     if n == 0:
         raise ValueError(f"{what} is empty: conversion needs at least one batch to set thresholds")
 
@@ -216,7 +237,11 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
             if shape is not None and tuple(x.shape[1:]) != shape:
                 raise ValueError(f"calibration batch {i} has sample shape {tuple(x.shape[1:])}, earlier batches {shape}")
             shape = tuple(x.shape[1:])
-            gm(x)
+            try:
+                gm(x)
+            except RuntimeError as exc:
+                raise ValueError(f"calibration batch {i} of shape {tuple(x.shape)} does not fit the model: "
+                                 f"{exc}") from None
             if max_batches is not None and i + 1 >= max_batches:
                 break
     finally:

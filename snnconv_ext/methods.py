@@ -7,16 +7,17 @@ Adding a paper means adding entries here, not a new pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch.nn as nn
 
 __all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
 
-from .activations import AtLeakyReLU, StReLU, TReLU
+from .activations import AtLeakyReLU, Clamp, StReLU, TReLU
 
 # ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
-ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True}
+ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
+                                            Clamp: False}
 
 
 def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
@@ -39,21 +40,39 @@ class Method:
     amplitude: float = 1.0  # spike carries amplitude*theta (Datta Eq. 8)
     leak: float = 1.0
     activations: Tuple[Type[nn.Module], ...] = (nn.ReLU,)
-    calibration: Tuple[str, ...] = ()
+    calibration: Tuple[str, ...] = ()  # passes of calibrate.calibrate_layers: "bias", "weights", "potential"
+    calibration_options: Dict = field(default_factory=dict)  # samples, iters, lr, bias_iters, ...
+    T: Optional[int] = None  # time steps the conversion is tuned for (MMSE, lambda search, calibration)
+    scale: Union[float, str] = 1.0  # lambda: thresholds times lambda (TTRBR Sec. 4); "search": pick from scale_grid
+    scale_grid: Tuple[float, ...] = tuple(round(0.60 + 0.05 * i, 2) for i in range(21))  # {0.60, ..., 1.60}
     allow_maxpool: bool = False
     reference: str = ""
 
     def with_options(self, **options) -> "Method":
-        """Copy with fields overridden; ``p``/``granularity`` go to the threshold strategy."""
+        """Copy with fields overridden; ``p``/``granularity``/... go to the threshold strategy, ``samples``/
+        ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and an MMSE strategy."""
         topts = dict(self.threshold_options)
-        for key in ("p", "granularity", "cap", "T", "N", "rounding"):
+        copts = dict(self.calibration_options)
+        for key in ("p", "granularity", "cap", "N", "rounding"):
             if key in options:
                 topts[key] = options.pop(key)
+        for key in CALIBRATION_OPTIONS:
+            if key in options:
+                copts[key] = options.pop(key)
+        if "T" in options and options["T"] is not None:
+            options["T"] = int(options["T"])
+            if options["T"] < 1:
+                raise ValueError(f"T must be >= 1, got {options['T']}")
+            if "T" in topts or options.get("threshold", self.threshold) == "mmse":
+                topts["T"] = options["T"]
         unknown = set(options) - set(self.__dataclass_fields__)
         if unknown:
             raise TypeError(f"method {self.name!r} has no option(s) {sorted(unknown)}")
-        return replace(self, threshold_options=topts, **options)
+        return replace(self, threshold_options=topts, calibration_options=copts, **options)
 
+
+# options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
+CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed")
 
 _REGISTRY: Dict[str, Method] = {}
 
@@ -115,8 +134,34 @@ register(Method("dni+snm", "DNISNM: per-neuron max thresholds, v0 = theta/2, sig
 register(Method("clipround", "Layer-wise max threshold with ClipRound: fire at theta/2 (Eq. 17).",
                 threshold="max", fire_at=0.5, reference="Li et al. 2022, Eq. 17"))
 register(Method("mmse", "MMSE threshold for the given T (option T=...), layer-wise, with ClipRound (Eq. 18, Algorithm 1).",
-                threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5,
+                threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5, T=8,
                 reference="Li et al. 2022, Eq. 18, Algorithm 1"))
 register(Method("mmse-channel", "Channel-wise MMSE threshold for the given T (option T=...), with ClipRound.",
-                threshold="mmse", threshold_options={"T": 8, "N": 100, "granularity": "channel"}, fire_at=0.5,
+                threshold="mmse", threshold_options={"T": 8, "N": 100, "granularity": "channel"}, fire_at=0.5, T=8,
                 reference="Li et al. 2022, Sec. 4.3"))
+register(Method("percentile-99.99", "Layer-wise 99.99th percentile, IF with soft reset.",
+                threshold="percentile", threshold_options={"p": 99.99}, reference="Li et al. 2022, Sec. 5.2"))
+register(Method("lcp", "Light calibration pipeline: MMSE thresholds, ClipRound, then layer-wise bias calibration "
+                "b += mu_c(e) for the given T (Algorithm 2).", threshold="mmse", threshold_options={"T": 8, "N": 100},
+                fire_at=0.5, T=8, calibration=("bias",), reference="Li et al. 2022, Sec. 4.4, Eqs. 19-20"))
+register(Method("acp", "Advanced calibration pipeline: MMSE thresholds, ClipRound, then layer-wise weight calibration "
+                "(SGD, STE) and potential calibration v0 = T*e for the given T (Algorithm 2).", threshold="mmse",
+                threshold_options={"T": 8, "N": 100}, fire_at=0.5, T=8, calibration=("weights", "potential"),
+                reference="Li et al. 2022, Sec. 4.4, Eqs. 21-24"))
+register(Method("lcp+acp", "Bias, weight and potential calibration after MMSE thresholds and ClipRound.",
+                threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5, T=8,
+                calibration=("bias", "weights", "potential"), reference="Li et al. 2022, Algorithm 2"))
+register(Method("max+lcp", "Layer max thresholds with ClipRound and bias calibration (LCP on the MaxAct baseline).",
+                threshold="max", fire_at=0.5, T=8, calibration=("bias",), reference="Li et al. 2022, Table 1"))
+register(Method("max+acp", "Layer max thresholds with ClipRound, weight and potential calibration.",
+                threshold="max", fire_at=0.5, T=8, calibration=("weights", "potential"),
+                reference="Li et al. 2022, Table 1"))
+
+# --- TTRBR (Meng et al. 2022) ------------------------------------------------------------------------
+register(Method("ttrbr", "TTRBR: 99.9th percentile of each clamp/ReLU pre-activation times lambda (searched over "
+                "{0.60, ..., 1.60} for the given T), half-threshold IF (Eq. 12).", threshold="percentile",
+                threshold_options={"p": 99.9}, fire_at=0.5, scale="search", T=16, activations=(Clamp, nn.ReLU),
+                reference="Meng et al. 2022, Sec. 4"))
+register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile thresholds, half-threshold IF.",
+                threshold="percentile", threshold_options={"p": 99.9}, fire_at=0.5, activations=(Clamp, nn.ReLU),
+                reference="Meng et al. 2022, Table 7"))

@@ -185,3 +185,106 @@ def build(arch: str, act: str | ActFactory = "relu", **kw) -> nn.Sequential:
     else:
         act_factory = act
     return fn(act=act_factory, **kw)
+
+
+# --- ResNets (CIFAR style, He et al. 2016) for the calibration (Li et al. 2022) and TTRBR (Meng et al. 2022)
+# chapters. Every activation is its own module instance so a converter can swap each for its own neurons;
+# downsampling shortcuts are 1x1 conv + BN ("option B"), which fold and convert like any conv.
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN. ``restructured=False``: the original block, act(F(x) + shortcut(x)).
+    ``restructured=True``: TTRBR Fig. 6, pre-activation style, F(act(x)) + shortcut(x) with no activation
+    right after the sum, so no IF neuron integrates the high-variance summed current (Sec. 4). BN stays right
+    after each conv so it folds into the conv weights."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int, act: ActFactory, restructured: bool = False) -> None:
+        super().__init__()
+        c_out = width * self.expansion
+        self.restructured = restructured
+        self.act_in = act() if restructured else nn.Identity()
+        self.branch = self._branch(c_in, width, stride, act)
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.act_out = nn.Identity() if restructured else act()
+
+    def _branch(self, c_in: int, width: int, stride: int, act: ActFactory) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), act(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return self.act_out(self.branch(self.act_in(x)) + self.shortcut(x))
+
+
+class Bottleneck(BasicBlock):
+    """1x1 - 3x3 - 1x1 bottleneck (expansion 4); original or restructured as :class:`BasicBlock`."""
+
+    expansion = 4
+
+    def _branch(self, c_in: int, width: int, stride: int, act: ActFactory) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), act(),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), act(),
+            nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem conv + BN, three stages of ``n`` blocks (widths w, 2w, 4w; stride 2 at
+    stages 2 and 3), global average pooling, one linear classifier. depth = 6n + 2 (basic) or 9n + 2
+    (bottleneck). The restructured net applies one final activation to the residual stream before pooling."""
+
+    def __init__(self, depth: int = 20, width: int = 16, bottleneck: bool = False, restructured: bool = False,
+                 act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        per = 9 if bottleneck else 6
+        if (depth - 2) % per or depth < per + 2:
+            raise ValueError(f"resnet depth must be {per}n+2 for {'bottleneck' if bottleneck else 'basic'} blocks, "
+                             f"got {depth}")
+        if image_size < 4:
+            raise ValueError(f"resnet: image_size={image_size} is too small for two stride-2 stages")
+        n = (depth - 2) // per
+        block = Bottleneck if bottleneck else BasicBlock
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.stem_act = nn.Identity() if restructured else act()
+        blocks, c = [], width
+        for stage, w in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(block(c, w, 2 if (stage > 0 and i == 0) else 1, act, restructured))
+                c = w * block.expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.final_act = act() if restructured else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = self.stem_act(self.stem(x))
+        x = self.final_act(self.blocks(x))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def resnet20(act: ActFactory = nn.ReLU, **kw) -> ResNet:
+    """ResNet-20 (16-32-64, 0.27 M parameters with 1x1 projection shortcuts), original blocks."""
+    return ResNet(20, 16, act=act, **kw)
+
+
+def resnet20_pre(act: ActFactory = nn.ReLU, **kw) -> ResNet:
+    """ResNet-20 with TTRBR's restructured (pre-activation) blocks (Fig. 6)."""
+    return ResNet(20, 16, restructured=True, act=act, **kw)
+
+
+def resnet56_w8(act: ActFactory = nn.ReLU, **kw) -> ResNet:
+    """ResNet-56 at half width (8-16-32): deep but small enough to train on two CPU cores."""
+    return ResNet(56, 8, act=act, **kw)
+
+
+def resnet56_w8_pre(act: ActFactory = nn.ReLU, **kw) -> ResNet:
+    """ResNet-56 at half width with restructured blocks."""
+    return ResNet(56, 8, restructured=True, act=act, **kw)
+
+
+ARCHS.update({"resnet20": resnet20, "resnet20_pre": resnet20_pre, "resnet56_w8": resnet56_w8,
+              "resnet56_w8_pre": resnet56_w8_pre})
+__all__ += ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet20_pre", "resnet56_w8", "resnet56_w8_pre"]

@@ -88,6 +88,27 @@ ENTRIES: dict[str, Entry] = {
         augment="crop2+flip",
         description="Small VGG-style CNN with BN (0.59 M parameters) on Fashion-MNIST, ReLU.",
     ),
+    # BN ResNets for the calibration (Li et al. 2022) and TTRBR (Meng et al. 2022) chapters.
+    "fmnist-resnet20": Entry(
+        dataset="fashion_mnist", arch="resnet20", act="relu", epochs=5, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="ResNet-20 with BN (0.27 M parameters, original blocks) on Fashion-MNIST, ReLU.",
+    ),
+    "fmnist-resnet20-pre": Entry(
+        dataset="fashion_mnist", arch="resnet20_pre", act="relu", epochs=5, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="ResNet-20 with TTRBR's restructured blocks (Fig. 6), ReLU: stage-I ANN.",
+    ),
+    "fmnist-resnet56-w8": Entry(
+        dataset="fashion_mnist", arch="resnet56_w8", act="relu", epochs=4, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="ResNet-56 at half width (8-16-32, 0.22 M parameters), original blocks, ReLU: stage-I ANN.",
+    ),
+    "fmnist-resnet56-w8-pre": Entry(
+        dataset="fashion_mnist", arch="resnet56_w8_pre", act="relu", epochs=4, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="ResNet-56 at half width with restructured blocks, ReLU: stage-I ANN.",
+    ),
 }
 
 

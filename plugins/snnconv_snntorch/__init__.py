@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch import fx
 
 from snnconv_ext import graph
+from snnconv_ext.calibrate import calibrate
 from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, step_
@@ -102,7 +103,7 @@ def convert(model: nn.Module, method: str = "percentile", calib_data: Iterable =
     m = get_method(method, **options)
     gm = graph.fold_bn(graph.trace(_copy(model)))
     graph.check_supported(gm, m)
-    params = graph.calibrate_thresholds(gm, m, as_loader(calib_data), max_batches=max_batches, progress=progress)
+    params = calibrate(gm, m, as_loader(calib_data), max_batches=max_batches, progress=progress)
     gm = graph.replace_activations(gm, params, lambda p: Neuron(p, init_hidden=True))
     gm = graph.append_output(gm, Integrator())
     seq = _as_sequential(gm)

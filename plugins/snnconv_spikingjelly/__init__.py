@@ -21,6 +21,7 @@ from spikingjelly.activation_based.ann2snn import FXConverter, FXConversionRecip
 from torch import fx
 
 from snnconv_ext import graph
+from snnconv_ext.calibrate import calibrate
 from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, step_
@@ -195,8 +196,9 @@ class SnnconvRecipe(FXConversionRecipe):
         return fx_model
 
     def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        self.params = graph.calibrate_thresholds(fx_model, self.method, as_loader(self.dataloader),
-                                                 max_batches=self.max_batches, progress=self.progress)
+        # thresholds, then (per method) lambda search and Li et al.'s bias/weight/potential calibration
+        self.params = calibrate(fx_model, self.method, as_loader(self.dataloader), max_batches=self.max_batches,
+                                progress=self.progress)
         return fx_model
 
     def node(self, p: NeuronParams) -> nn.Module:

@@ -1,0 +1,463 @@
+"""The recipe's ``calibrate`` step: thresholds, TTRBR's lambda search, and Li et al.'s layer-wise calibration.
+
+* :func:`calibrate` runs everything a :class:`~snnconv_ext.methods.Method` asks for on the BN-folded fx graph
+  of the ANN and returns the neuron parameters per activation; backends then only build their neurons.
+* :func:`search_scale`: thresholds times lambda, lambda chosen from {0.60, ..., 1.60} by accuracy on a few
+  calibration batches (Meng et al. 2022, Sec. 4 and 5.5, Tables 8-9).
+* :func:`calibrate_layers`: Algorithm 2 of Li et al. 2022, first layer to last, each layer calibrated on the
+  spikes of the already-calibrated layers below it. All layers are done in ONE multi-step pass: in
+  multi-step mode a neuron receives its whole input window ``[T, B, ...]`` before any later layer runs, so it
+  can fix its own parameters and hand the corrected spikes on. Passes:
+
+  - ``bias`` (LCP, Eqs. 19-20): ``b += mu_c(e)``, the per-channel spatial (and batch) mean of the error
+    ``e = x_ann - s_bar`` between the ANN activation and the SNN's mean output;
+  - ``weights`` (ACP, Eqs. 23-24): SGD (momentum, cosine schedule) on ``||x_ann - ClipRound(W s_bar + r)||^2``
+    with a straight-through floor, ``s_bar`` the SNN's mean input and ``r`` the rest of the current (a
+    residual branch);
+  - ``potential`` (ACP, Eq. 22): ``v(0) += T * e`` per neuron (batch mean).
+
+  We run ``weights`` before ``potential``: the closed-form potential fix then corrects the error that remains
+  with the final weights (Algorithm 2 lists them the other way round; the paper's own code does potential
+  only for CIFAR).
+* :func:`synthesize_inputs`: data-free calibration images inverted from the ANN's BN statistics (Sec. 5.7).
+
+Everything here uses the core neuron (``neuron.run``); no backend is imported.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+from tqdm.auto import tqdm
+
+from . import graph
+from .methods import Method
+from .neuron import NeuronParams, init_state, run
+
+__all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "MultiStepNeuron", "LayerReport",
+           "collect", "quantize", "synthesize_inputs", "PASSES"]
+
+PASSES = ("bias", "weights", "potential")
+_ADD = {operator.add, torch.add, operator.iadd}
+
+
+class MultiStepNeuron(nn.Module):
+    """The core neuron on a whole window ``[T, B, ...]``, from a fresh state at every call (reference simulator)."""
+
+    def __init__(self, params: NeuronParams) -> None:
+        super().__init__()
+        self.p = params
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.p.to(z[0])
+        return run(z, init_state(z[0], p), p)
+
+
+def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams], factory=MultiStepNeuron) -> fx.GraphModule:
+    """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by ``factory(params)``.
+    It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for the logits)."""
+    sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # submodules by reference: weights are shared
+    for target, p in params.items():
+        graph._set_module(sim, target, factory(p) if factory is MultiStepNeuron else factory(target, p))
+    sim.recompile()
+    return graph.to_multistep(sim, (MultiStepNeuron, _Calibrating))
+
+
+def collect(data: Iterable, n: int, device: torch.device, what: str = "calibration data"
+            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The first ``n`` images (and labels, when the batches carry them) of ``data``, checked for shape and NaN."""
+    xs, ys, have = [], [], 0
+    for x, y in graph.iter_inputs(data, device, what, with_labels=True):
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise ValueError(f"{what}: batch {len(xs)} has sample shape {tuple(x.shape[1:])}, earlier batches "
+                             f"{tuple(xs[0].shape[1:])}")
+        xs.append(x)
+        ys.append(y)
+        have += x.shape[0]
+        if have >= n:
+            break
+    x = torch.cat(xs)[:n]
+    y = None if any(v is None for v in ys) else torch.cat(ys)[:n].to(device)
+    return x, y
+
+
+def _ann_forward(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return gm(x)
+    except RuntimeError as exc:
+        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: {exc}") from None
+
+
+# --- TTRBR: lambda-scaled thresholds --------------------------------------------------------------------------
+
+def _scaled(params: Dict[str, NeuronParams], lam: float) -> Dict[str, NeuronParams]:
+    """Thresholds (and initial potentials, which are in units of theta) times lambda (TTRBR Sec. 4)."""
+    out = {}
+    for t, p in params.items():
+        out[t] = replace(p, theta=torch.as_tensor(p.theta) * lam,
+                         theta_neg=None if p.theta_neg is None else torch.as_tensor(p.theta_neg) * lam,
+                         v0=torch.as_tensor(p.v0) * lam)
+    return out
+
+
+@torch.no_grad()
+def _snn_accuracy(sim: nn.Module, x: torch.Tensor, labels: torch.Tensor, T: int, batch: int = 128) -> float:
+    ok = 0
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        out = sim(xb.unsqueeze(0).expand(T, *xb.shape)).sum(0)
+        ok += (out.argmax(-1) == labels[i:i + batch]).sum().item()
+    return 100.0 * ok / x.shape[0]
+
+
+@torch.no_grad()
+def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.Tensor, labels: Optional[torch.Tensor],
+                 T: int, grid: Iterable[float], progress: bool = False) -> Tuple[float, Dict[float, float]]:
+    """Pick lambda from ``grid`` by the SNN's accuracy at ``T`` on ``x`` (TTRBR Sec. 5.5: "several batches").
+
+    Without labels the ANN's own predictions are the labels (agreement with the ANN). Ties go to the lambda
+    nearest 1. Returns (lambda, {lambda: accuracy}).
+    """
+    if labels is None:
+        labels = _ann_forward(gm, x).argmax(-1)
+    scores = {}
+    for lam in tqdm(list(grid), desc=f"lambda search T={T}", disable=not progress, leave=False):
+        sim = simulator(gm, _scaled(params, float(lam)))
+        scores[float(lam)] = _snn_accuracy(sim, x, labels, T)
+    best = max(scores.values())
+    lam = min((l for l, a in scores.items() if a == best), key=lambda l: (abs(l - 1.0), l))
+    return lam, scores
+
+
+# --- Li et al. 2022: layer-wise parameter calibration --------------------------------------------------------
+
+def quantize(u: torch.Tensor, p: NeuronParams, T: int, ste: bool = False) -> torch.Tensor:
+    """T-step mean output of the neuron for constant input current ``u`` (Li et al. Eqs. 17 and 21):
+    theta/T * clip(floor(T u/theta + (1 - fire_at) + v0/theta), 0, T); ClipRound when fire_at = 1/2.
+    ``ste=True`` passes the gradient straight through the floor (Eq. 24)."""
+    theta = torch.as_tensor(p.theta, dtype=u.dtype, device=u.device)
+    v0 = torch.as_tensor(p.v0, dtype=u.dtype, device=u.device)
+    a = T * u / theta + (1.0 - p.fire_at) + v0 / theta
+    f = torch.floor(a)
+    if ste:
+        f = a + (f - a).detach()
+    return theta / T * torch.clamp(f, 0, T)
+
+
+def _owner(gm: fx.GraphModule, act: fx.Node) -> str:
+    """The conv/linear layer whose bias and weights drive ``act``'s input current: its direct producer, or
+    the first conv/linear operand of a residual sum (the branch; the shortcut stays fixed)."""
+    modules = dict(gm.named_modules())
+    node = act.args[0]
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, graph.LINEAR):
+                if len(node.users) != 1:
+                    raise graph.ConversionError(f"{graph._where(act)}: its input layer {node.target!r} also feeds "
+                                                "other nodes, so calibrating its bias/weights would change them too")
+                return node.target
+            if isinstance(m, (nn.Identity, nn.Dropout)):
+                node = node.args[0]
+                continue
+        if node.op == "call_function" and node.target in _ADD:
+            for a in node.args:
+                if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(modules[a.target], graph.LINEAR) \
+                        and len(a.users) == 1:
+                    return a.target
+        break
+    raise graph.ConversionError(f"{graph._where(act)}: calibration needs this activation's input to come from a "
+                                "conv/linear layer (or a residual sum with one); found "
+                                f"{getattr(node, 'name', node)!r}")
+
+
+@dataclass
+class LayerReport:
+    """What calibration did to one spiking layer (errors on the calibration images, relative error
+    ||x - s_bar||^2 / ||x||^2 as in Li et al. Figs. 2 and 5)."""
+
+    layer: str
+    owner: str
+    rel_error_before: float
+    rel_error_after: float
+    mean_error_before: float  # mean over channels of |mu_c(e)|
+    mean_error_after: float
+    loss_before: Optional[float] = None  # weight calibration objective (Eq. 23), before and after SGD
+    loss_after: Optional[float] = None
+    seconds: float = 0.0
+
+
+def _channel_mean(e: torch.Tensor) -> torch.Tensor:
+    """mu_c (Eq. 19) also averaged over the batch: ``[B, C, ...]`` -> ``[C]``."""
+    return e.transpose(0, 1).reshape(e.shape[1], -1).mean(1)
+
+
+def _as_channel(d: torch.Tensor, sample_dim: int) -> torch.Tensor:
+    return d.reshape(d.shape[0], *([1] * (sample_dim - 1)))
+
+
+def _rel(x: torch.Tensor, s: torch.Tensor) -> float:
+    return float((x - s).pow(2).sum() / x.pow(2).sum().clamp_min(1e-12))
+
+
+class _Calibrating(nn.Module):
+    """Stand-in for one spiking layer during the calibration pass: calibrates, then emits its spikes."""
+
+    def __init__(self, target: str, engine: "_Engine") -> None:
+        super().__init__()
+        self.target, self.engine = target, engine
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.engine.layer(self.target, z)
+
+
+class _Capture(nn.Module):
+    """Wraps an owner layer in the calibration graph to keep its multi-step input and output."""
+
+    def __init__(self, target: str, inner: nn.Module, store: Dict) -> None:
+        super().__init__()
+        self.target, self.inner, self.store = target, graph.SeqModule(inner), store
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        y = self.inner(s)
+        self.store[self.target] = (s, y)
+        return y
+
+
+class _Engine:
+    def __init__(self, gm, params, ann_out, owners, passes, T, opts, progress):
+        self.gm, self.params, self.ann, self.owners = gm, params, ann_out, owners
+        self.passes, self.T, self.opts = passes, T, opts
+        self.store: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reports: List[LayerReport] = []
+        self.bar = tqdm(total=len(params), desc=f"calibrate {'+'.join(passes)} T={T}", disable=not progress,
+                        leave=False)
+
+    def _mean_out(self, z: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+        pp = p.to(z[0])
+        return run(z, init_state(z[0], pp), pp).mean(0)
+
+    def layer(self, target: str, z: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        p, x = self.params[target], self.ann[target]
+        owner_t = self.owners[target]
+        owner = self.gm.get_submodule(owner_t)
+        s_bar = self._mean_out(z, p)
+        rel0, mean0 = _rel(x, s_bar), float(_channel_mean(x - s_bar).abs().mean())
+        loss0 = loss1 = None
+        z0 = z
+        if "bias" in self.passes:  # LCP: b += mu_c(e) (Algorithm 2; Eq. 20)
+            if owner.bias is None:
+                owner.bias = nn.Parameter(torch.zeros(owner.weight.shape[0], device=z.device, dtype=z.dtype))
+            for _ in range(int(self.opts.get("bias_iters", 1))):
+                d = _channel_mean(x - s_bar)
+                owner.bias.data += d
+                z = z + _as_channel(d, x.dim() - 1)
+                s_bar = self._mean_out(z, p)
+        if "weights" in self.passes:  # ACP weight calibration (Eqs. 23-24)
+            s_in, y = self.store.pop(owner_t)
+            rest = z0 - y  # current not produced by the owner (a residual shortcut), per step
+            loss0, loss1 = self._fit_weights(owner, s_in.mean(0), rest.mean(0), x, p)
+            z = graph.SeqModule(owner)(s_in) + rest
+            s_bar = self._mean_out(z, p)
+        if "potential" in self.passes:  # ACP potential calibration: v(0) := T * e (Eq. 22), batch mean
+            e = (x - s_bar).mean(0)
+            p = replace(p, v0=torch.as_tensor(p.v0, dtype=e.dtype, device=e.device) + self.T * e)
+            self.params[target] = p
+        pp = p.to(z[0])
+        out = run(z, init_state(z[0], pp), pp)
+        s_bar = out.mean(0)
+        self.reports.append(LayerReport(target, owner_t, rel0, _rel(x, s_bar), mean0,
+                                        float(_channel_mean(x - s_bar).abs().mean()), loss0, loss1,
+                                        time.perf_counter() - t0))
+        self.store.pop(owner_t, None)
+        self.bar.update(1)
+        return out
+
+    def _fit_weights(self, owner: nn.Module, s_bar: torch.Tensor, rest: torch.Tensor, x: torch.Tensor,
+                     p: NeuronParams) -> Tuple[float, float]:
+        """min_W ||x - ClipRound(W s_bar + b + rest)||^2 by SGD with a straight-through floor (Eqs. 23-24)."""
+        T, o = self.T, self.opts
+        iters, batch = int(o.get("iters", 300)), int(o.get("batch", 32))
+        w = owner.weight.detach().clone().requires_grad_(True)
+        b = None if owner.bias is None else owner.bias.detach()
+        pp = p.to(x)
+
+        def loss_of(weight, idx=None):
+            inp, r, tgt = (s_bar, rest, x) if idx is None else (s_bar[idx], rest[idx], x[idx])
+            u = torch.func.functional_call(owner, {"weight": weight, "bias": b} if b is not None else
+                                           {"weight": weight}, (inp,)) + r
+            return F.mse_loss(quantize(u, pp, T, ste=idx is not None), tgt)
+
+        with torch.no_grad():
+            before = float(loss_of(w))
+        # gradients of a mean squared error are tiny; scale the step by the layer's input energy so one
+        # default learning rate suits every layer (SGD with momentum 0.9 and cosine decay, as the paper)
+        scale = 1.0 / float(s_bar.pow(2).mean().clamp_min(1e-8))
+        opt = torch.optim.SGD([w], lr=float(o.get("lr", 0.01)) * scale, momentum=float(o.get("momentum", 0.9)))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iters, 1))
+        gen = torch.Generator().manual_seed(int(o.get("seed", 0)))
+        n = s_bar.shape[0]
+        with torch.enable_grad():
+            for _ in range(iters):
+                idx = torch.randperm(n, generator=gen)[:batch].to(x.device)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(w, idx)
+                loss.backward()
+                opt.step()
+                sched.step()
+        with torch.no_grad():
+            after = float(loss_of(w))
+            if after < before:  # keep the calibrated weights only when they fit better
+                owner.weight.data.copy_(w.detach())
+            else:
+                after = before
+        return before, after
+
+
+def _ann_activations(gm: fx.GraphModule, targets: List[str], x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    out = {}
+    hooks = [gm.get_submodule(t).register_forward_hook(lambda m, i, o, t=t: out.__setitem__(t, o.detach()))
+             for t in targets]
+    try:
+        _ann_forward(gm, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.Tensor, T: int,
+                     passes: Tuple[str, ...] = ("bias",), progress: bool = False, **opts
+                     ) -> Tuple[Dict[str, NeuronParams], List[LayerReport]]:
+    """Li et al. 2022, Algorithm 2 on the BN-folded ANN graph ``gm`` with calibration images ``x``.
+
+    Updates the biases/weights of ``gm``'s conv/linear layers in place (they are copied first, so a model
+    shared with the caller is left alone) and returns the neuron parameters (``v0`` after ``potential``)
+    and one :class:`LayerReport` per spiking layer. ``opts``: ``iters``, ``batch``, ``lr``, ``momentum``,
+    ``seed`` (weights), ``bias_iters`` (bias; 1 as in the paper).
+    """
+    unknown = set(passes) - set(PASSES)
+    if unknown or not passes:
+        raise ValueError(f"calibration passes must be a non-empty subset of {PASSES}, got {passes}")
+    if T < 1:
+        raise ValueError(f"calibration needs T >= 1, got {T}")
+    for t, p in params.items():
+        if p.theta_neg is not None or p.memory:
+            raise graph.ConversionError(f"layer {t!r}: parameter calibration is defined for unsigned IF neurons "
+                                        "(Li et al. 2022); this method's neurons are signed")
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module" and n.target in params}
+    owners = {t: _owner(gm, nodes[t]) for t in params}
+    seen = {}
+    for t, o in owners.items():
+        if o in seen:
+            raise graph.ConversionError(f"layers {seen[o]!r} and {t!r} are both driven by {o!r}")
+        seen[o] = t
+        graph._set_module(gm, o, copy.deepcopy(gm.get_submodule(o)))  # never touch the caller's module
+    params = dict(params)
+    ann_out = _ann_activations(gm, list(params), x)
+    engine = _Engine(gm, params, ann_out, owners, tuple(passes), int(T), opts, progress)
+    sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    for t in params:
+        graph._set_module(sim, t, _Calibrating(t, engine))
+    if "weights" in passes:
+        for o in owners.values():
+            graph._set_module(sim, o, _Capture(o, gm.get_submodule(o), engine.store))
+    sim.recompile()
+    sim = graph.to_multistep(sim, (_Calibrating, _Capture))
+    try:
+        sim(x.unsqueeze(0).expand(int(T), *x.shape))
+    finally:
+        engine.bar.close()
+    return engine.params, engine.reports
+
+
+# --- the whole calibrate step of a recipe -------------------------------------------------------------------
+
+def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: Optional[int] = None,
+              progress: bool = True) -> Dict[str, NeuronParams]:
+    """Thresholds from ``data`` (``graph.calibrate_thresholds``), then lambda scaling or search, then the
+    method's calibration passes. Records what it chose in ``gm.meta["snnconv_calibration"]``."""
+    params = graph.calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
+    info: Dict = {"method": method.name}
+    needs_data = method.scale == "search" or bool(method.calibration)
+    if needs_data:
+        if method.T is None:
+            raise ValueError(f"method {method.name!r} tunes for a number of time steps: pass T=...")
+        device = next(gm.parameters()).device
+        copts = dict(method.calibration_options)
+        x, labels = collect(data, int(copts.pop("samples", 256)), device)
+    if method.scale == "search":
+        lam, scores = search_scale(gm, params, x, labels, method.T, method.scale_grid, progress)
+        params = _scaled(params, lam)
+        info.update(scale=lam, scale_scores=scores)
+    elif float(method.scale) != 1.0:
+        params = _scaled(params, float(method.scale))
+        info.update(scale=float(method.scale))
+    if method.calibration:
+        t0 = time.perf_counter()
+        params, reports = calibrate_layers(gm, params, x, method.T, method.calibration, progress, **copts)
+        info.update(passes=method.calibration, T=method.T, seconds=time.perf_counter() - t0,
+                    layers=[asdict(r) for r in reports])
+    gm.meta["snnconv_calibration"] = info
+    return params
+
+
+# --- data-free calibration (Li et al. Sec. 5.7) --------------------------------------------------------------
+
+def synthesize_inputs(model: nn.Module, shape: Tuple[int, ...], n: int = 256, steps: int = 200, lr: float = 0.05,
+                      batch: int = 128, seed: int = 0, progress: bool = True) -> torch.utils.data.TensorDataset:
+    """Calibration images without training data: optimise noise of ``shape`` (C, H, W) so every BatchNorm
+    layer sees its running mean and variance and the ANN predicts a chosen class (DeepInversion-style; the
+    paper uses MixMix [80]). Returns a TensorDataset of ``n`` images and the classes they were made for."""
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    if not bns:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: its statistics are what data-free "
+                         "synthesis matches")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out_x, out_y = [], []
+    stats: List[torch.Tensor] = []
+
+    def hook(m, inp, _out):
+        a = inp[0]
+        dims = [0] + list(range(2, a.dim()))
+        mu, var = a.mean(dims), a.var(dims, unbiased=False)
+        stats.append((mu - m.running_mean).norm() + (var - m.running_var).norm())
+
+    hooks = [m.register_forward_hook(hook) for m in bns]
+    num_classes = None
+    try:
+        for start in tqdm(range(0, n, batch), desc="synthesize", disable=not progress, leave=False):
+            b = min(batch, n - start)
+            img = torch.randn(b, *shape, generator=gen).to(device).mul_(0.2).add_(0.5).requires_grad_(True)
+            with torch.no_grad():
+                stats.clear()
+                num_classes = num_classes or model(img[:1]).shape[-1]
+            y = torch.randint(num_classes, (b,), generator=gen).to(device)
+            opt = torch.optim.Adam([img], lr=lr)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    stats.clear()
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(img), y) + sum(stats)
+                    loss.backward()
+                    opt.step()
+            out_x.append(img.detach().clamp_(0, 1).cpu())
+            out_y.append(y.cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return torch.utils.data.TensorDataset(torch.cat(out_x), torch.cat(out_y))
