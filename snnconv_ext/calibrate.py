@@ -142,7 +142,9 @@ def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.T
 def quantize(u: torch.Tensor, p: NeuronParams, T: int, ste: bool = False) -> torch.Tensor:
     """T-step mean output of the neuron for constant input current ``u`` (Li et al. Eqs. 17 and 21):
     theta/T * clip(floor(T u/theta + (1 - fire_at) + v0/theta), 0, T); ClipRound when fire_at = 1/2.
-    ``ste=True`` passes the gradient straight through the floor (Eq. 24)."""
+    ``ste=True`` passes the gradient straight through the floor (Eq. 24). Exact for constant input when
+    u >= 0 or v0 < fire_at*theta; otherwise (an early spike the input then takes back) it is Eq. 22's
+    approximation."""
     theta = torch.as_tensor(p.theta, dtype=u.dtype, device=u.device)
     v0 = torch.as_tensor(p.v0, dtype=u.dtype, device=u.device)
     a = T * u / theta + (1.0 - p.fire_at) + v0 / theta

@@ -17,6 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 from tqdm import tqdm
 
 from . import models, zoo
+from .activations import Clamp
 
 __all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "DATASETS"]
 
@@ -62,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="dataset directory (default: auto)")
     parser.add_argument("--out", default=None,
                         help=f"directory for <model>.pt and manifest.json (default: {zoo.ZOO_DIR})")
+    parser.add_argument("--init", default=None,
+                        help="stage II (TTRBR Sec. 4): start from this stage-I checkpoint (zoo name, looked up in "
+                             "--out then the zoo, or a .pt path); default: the entry's recipe")
+    parser.add_argument("--alpha-decay", type=float, default=None,
+                        help="L2 penalty on the Clamp upper levels alpha (TTRBR Sec. 4); default: the entry's recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
 
@@ -124,6 +130,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "lr": pick(args.lr, "lr", 1e-3),
         "batch_size": pick(args.batch_size, "batch_size", 128),
         "augment": pick(args.augment, "augment", "none"),
+        "init": pick(getattr(args, "init", None), "init", ""),
+        "alpha_decay": pick(getattr(args, "alpha_decay", None), "alpha_decay", 0.0),
         "seed": args.seed,
         "data_root": args.data_root,
         "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
@@ -143,6 +151,10 @@ def _command(r: dict[str, Any]) -> str:
     for key in ("arch", "dataset", "act"):
         if entry is None or getattr(entry, key) != r[key]:
             argv += [f"--{key}", r[key]]
+    if r["init"] and (entry is None or entry.init != r["init"]):
+        argv += ["--init", r["init"]]
+    if r["alpha_decay"] and (entry is None or entry.alpha_decay != r["alpha_decay"]):
+        argv += ["--alpha-decay", repr(r["alpha_decay"])]
     if r["data_root"] is not None:
         argv += ["--data-root", str(r["data_root"])]
     if Path(r["out"]).resolve() != zoo.ZOO_DIR:
@@ -162,6 +174,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(prev_threads)
 
 
+def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset, batches: int = 5) -> None:
+    """Stage II of TTRBR (Sec. 4): load the stage-I weights; each Clamp's alpha starts at the 99.9th percentile
+    of its input on a few training batches, so fine-tuning starts close to the stage-I function."""
+    init = r["init"]
+    if init.endswith(".pt"):
+        state = zoo.read_state_dict(init)
+    else:
+        root = Path(r["out"]) if (Path(r["out"]) / zoo.MANIFEST_NAME).exists() and init in zoo.read_manifest(r["out"]) \
+            else None
+        info = zoo.read_manifest(root).get(init)
+        if info is None:
+            raise FileNotFoundError(f"stage-I model {init!r} is not in {root or zoo.ZOO_DIR}; train it first: "
+                                    f"snnconv train --model {init} --out {r['out']}")
+        state = zoo.read_state_dict((Path(root) if root else zoo.ZOO_DIR) / info["file"], info["sha256"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith("alpha") for k in missing):
+        raise ValueError(f"stage-I checkpoint {init!r} does not match {r['arch']}: missing {missing}, "
+                         f"unexpected {unexpected}")
+    clamps = [m for m in model.modules() if isinstance(m, Clamp)]
+    seen = {id(m): [] for m in clamps}
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen[id(m)].append(a[0].detach().flatten())) for m in clamps]
+    model.eval()
+    with torch.no_grad():
+        for i in range(batches):
+            for m in clamps:  # pass everything through while measuring
+                m.alpha.fill_(float("inf"))
+            model(train_ds.tensors[0][i * r["batch_size"]:(i + 1) * r["batch_size"]])
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        for m in clamps:
+            v = torch.cat(seen[id(m)]).clamp_min(0)
+            m.alpha.fill_(max(float(torch.quantile(v[torch.randperm(len(v))[:1 << 20]], 0.999)), 1e-2))
+
+
 def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
     test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
@@ -172,6 +219,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
 
     torch.manual_seed(r["seed"])
     model = models.build(r["arch"], r["act"], **arch_kwargs)
+    if r["init"]:
+        _init_from(model, r, train_ds)
     n_params = sum(p.numel() for p in model.parameters())
     sampler_gen = torch.Generator().manual_seed(r["seed"])
     aug_gen = torch.Generator().manual_seed(r["seed"] + 1)
@@ -179,10 +228,14 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     # BatchSampler + batch_size=None: one tensor-index per batch (fast on a TensorDataset).
     sampler = BatchSampler(RandomSampler(train_ds, generator=sampler_gen), r["batch_size"], drop_last=False)
     loader = DataLoader(train_ds, sampler=sampler, batch_size=None)
-    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+    alphas = [m.alpha for m in model.modules() if isinstance(m, Clamp)]
+    others = [p for p in model.parameters() if all(p is not a for a in alphas)]
+    groups = [{"params": others}] + ([{"params": alphas, "weight_decay": r["alpha_decay"]}] if alphas else [])
+    opt = torch.optim.Adam(groups, lr=r["lr"])  # weight_decay on alphas = their L2 penalty (TTRBR Sec. 4)
     steps = r["epochs"] * len(sampler)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = nn.CrossEntropyLoss()
+    clamps = [m for m in model.modules() if isinstance(m, Clamp)]
 
     t0 = time.perf_counter()
     for epoch in range(r["epochs"]):
@@ -198,6 +251,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
             loss.backward()
             opt.step()
             sched.step()
+            for m in clamps:
+                m.project_()  # alpha stays > 0
             tot_loss += loss.item() * len(yb)
             tot_ok += (out.argmax(1) == yb).sum().item()
             seen += len(yb)
@@ -239,7 +294,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
         "lr_schedule": "cosine annealing to 0, stepped per batch",
         "batch_size": r["batch_size"],
         "augmentation": r["augment"],
-        "loss": "cross-entropy",
+        "loss": "cross-entropy" + (f" + {r['alpha_decay']} * ||alpha||^2 (Adam weight decay)" if alphas else ""),
+        **({"init": r["init"]} if r["init"] else {}),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "platform": platform.machine(),

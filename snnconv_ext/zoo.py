@@ -37,6 +37,8 @@ class Entry:
     batch_size: int = 128
     augment: str = "none"
     description: str = ""
+    init: str = ""  # stage II (TTRBR): fine-tune from this stage-I entry's weights
+    alpha_decay: float = 0.0  # L2 penalty on Clamp alphas
 
 
 ENTRIES: dict[str, Entry] = {
@@ -108,6 +110,27 @@ ENTRIES: dict[str, Entry] = {
         dataset="fashion_mnist", arch="resnet56_w8_pre", act="relu", epochs=4, lr=1e-3, batch_size=128,
         augment="crop2+flip",
         description="ResNet-56 at half width with restructured blocks, ReLU: stage-I ANN.",
+    ),
+    # TTRBR stage II: fine-tune the stage-I ReLU nets with trainable clamp(x, 0, alpha) and an L2 penalty on alpha.
+    "fmnist-resnet20-clamp": Entry(
+        dataset="fashion_mnist", arch="resnet20", act="clamp", epochs=1, lr=2e-4, batch_size=128,
+        augment="crop2+flip", init="fmnist-resnet20", alpha_decay=1e-3,
+        description="ResNet-20, original blocks, clamp activations (TTRBR stage II from fmnist-resnet20).",
+    ),
+    "fmnist-resnet20-pre-clamp": Entry(
+        dataset="fashion_mnist", arch="resnet20_pre", act="clamp", epochs=1, lr=2e-4, batch_size=128,
+        augment="crop2+flip", init="fmnist-resnet20-pre", alpha_decay=1e-3,
+        description="ResNet-20, restructured blocks, clamp activations (TTRBR stage II).",
+    ),
+    "fmnist-resnet56-w8-clamp": Entry(
+        dataset="fashion_mnist", arch="resnet56_w8", act="clamp", epochs=1, lr=2e-4, batch_size=128,
+        augment="crop2+flip", init="fmnist-resnet56-w8", alpha_decay=1e-3,
+        description="Half-width ResNet-56, original blocks, clamp activations (TTRBR stage II).",
+    ),
+    "fmnist-resnet56-w8-pre-clamp": Entry(
+        dataset="fashion_mnist", arch="resnet56_w8_pre", act="clamp", epochs=1, lr=2e-4, batch_size=128,
+        augment="crop2+flip", init="fmnist-resnet56-w8-pre", alpha_decay=1e-3,
+        description="Half-width ResNet-56, restructured blocks, clamp activations (TTRBR stage II).",
     ),
 }
 
