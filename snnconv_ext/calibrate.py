@@ -288,7 +288,7 @@ class _Engine:
                      p: NeuronParams) -> Tuple[float, float]:
         """min_W ||x - ClipRound(W s_bar + b + rest)||^2 by SGD with a straight-through floor (Eqs. 23-24)."""
         T, o = self.T, self.opts
-        iters, batch = int(o.get("iters", 300)), int(o.get("batch", 32))
+        iters, batch = int(o.get("iters", 200)), int(o.get("batch", 32))
         w = owner.weight.detach().clone().requires_grad_(True)
         b = None if owner.bias is None else owner.bias.detach()
         pp = p.to(x)

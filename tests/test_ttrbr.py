@@ -1,0 +1,119 @@
+"""TTRBR (Meng et al. 2022): restructured residual blocks, clamp activations and their conversion."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import snnconv_ext as sc
+from snnconv_ext import graph, models
+from snnconv_ext.activations import Clamp
+
+
+def _bn(c, g):
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5, generator=g)
+        bn.bias.uniform_(-0.5, 0.5, generator=g)
+        bn.running_mean.uniform_(-0.2, 0.2, generator=g)
+        bn.running_var.uniform_(0.5, 2.0, generator=g)
+    return bn.eval()
+
+
+def _reference_block(x, blk, restructured):
+    """The block written out by hand from Fig. 6 / He et al. 2016, with the block's own parameters."""
+    c1, b1, _, c2, b2 = blk.branch
+    def bn(t, b):
+        return (t - b.running_mean[:, None, None]) / torch.sqrt(b.running_var[:, None, None] + b.eps) \
+            * b.weight[:, None, None] + b.bias[:, None, None]
+    h = F.relu(x) if restructured else x
+    h = F.relu(bn(F.conv2d(h, c1.weight, stride=c1.stride, padding=1), b1))
+    h = bn(F.conv2d(h, c2.weight, padding=1), b2)
+    if isinstance(blk.shortcut, nn.Identity):
+        sc_ = x
+    else:
+        conv, b = blk.shortcut
+        sc_ = bn(F.conv2d(x, conv.weight, stride=conv.stride), b)
+    out = h + sc_
+    return out if restructured else F.relu(out)
+
+
+@pytest.mark.parametrize("restructured", [False, True])
+@pytest.mark.parametrize("stride,c_in", [(1, 4), (2, 4)])
+def test_basic_block_matches_hand_written_reference(restructured, stride, c_in):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    blk = models.BasicBlock(c_in, 4 if stride == 1 else 8, stride, nn.ReLU, restructured)
+    blk.branch[1], blk.branch[4] = _bn(blk.branch[1].num_features, g), _bn(blk.branch[4].num_features, g)
+    if not isinstance(blk.shortcut, nn.Identity):
+        blk.shortcut[1] = _bn(blk.shortcut[1].num_features, g)
+    blk.eval()
+    x = torch.randn(3, c_in, 8, 8, generator=g)
+    assert torch.allclose(blk(x), _reference_block(x, blk, restructured), atol=1e-5)
+    # no activation follows the sum in the restructured block: its output takes negative values
+    assert (blk(x) < 0).any() == restructured
+
+
+def test_bottleneck_and_depths():
+    net = models.ResNet(29, 4, bottleneck=True, restructured=True, image_size=8).eval()
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert sum(isinstance(m, models.Bottleneck) for m in net.modules()) == 9
+    with pytest.raises(ValueError, match="6n\\+2"):
+        models.ResNet(21)
+    n = sum(p.numel() for p in models.resnet20(in_channels=3, image_size=32).parameters())
+    assert 0.26e6 < n < 0.28e6  # the standard 0.27 M ResNet-20 (with 1x1 projection shortcuts)
+
+
+def test_restructured_net_has_no_activation_after_a_sum():
+    def sums(gm):
+        return [n for n in gm.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+
+    # original: every block's sum goes through a ReLU and only the ReLU's output flows on
+    gm = graph.trace(models.resnet20(image_size=8).eval())
+    assert all(len(s.users) == 1 and isinstance(gm.get_submodule(next(iter(s.users)).target), nn.ReLU)
+               for s in sums(gm))
+    # restructured: the sum itself flows on along the skip path (into the next sum), un-activated
+    gm = graph.trace(models.resnet20_pre(image_size=8).eval())
+    s = sums(gm)
+    assert all(any(u in s for u in n.users) for n in s[:-1])
+
+
+def test_clamp_forward_gradient_and_projection():
+    c = Clamp(1.0)
+    x = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
+    y = c(x)
+    assert torch.equal(y.detach(), torch.tensor([0.0, 0.5, 1.0]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 0.0])) and c.alpha.grad.item() == 1.0
+    with pytest.raises(ValueError):
+        Clamp(0.0)
+
+
+def test_clamp_training_keeps_alpha_positive():
+    # a strong L2 pull on alpha (TTRBR Sec. 4) drives it towards 0; the projection keeps it positive
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), Clamp(0.05), nn.Linear(8, 2))
+    clamp = net[1]
+    opt = torch.optim.SGD([{"params": [net[0].weight, net[0].bias, net[2].weight, net[2].bias]},
+                           {"params": [clamp.alpha], "weight_decay": 50.0}], lr=0.5)
+    for _ in range(50):
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(16, 4)), torch.randint(2, (16,))).backward()
+        opt.step()
+        clamp.project_()
+        assert clamp.alpha.item() > 0
+    assert clamp.alpha.item() == pytest.approx(clamp.min_alpha)
+
+
+def test_clamp_net_traces_and_converts_with_ttrbr(digits):
+    torch.manual_seed(0)
+    net = models.build("resnet20_pre", "clamp", image_size=8).eval()
+    gm = graph.trace(net)
+    clamps = [m for m in gm.modules() if isinstance(m, Clamp)]
+    assert len(clamps) == 19 and all(m.bound == 1.0 for m in clamps)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.allclose(gm(x), net(x))
+    calib = sc.data.loader(sc.data.subset(digits[0], 64, seed=0), batch_size=32)
+    snn = sc.convert(net, "ttrbr", calib, T=4, scale_grid=(0.8, 1.0), samples=32, progress=False)
+    assert snn.meta["snnconv_calibration"]["scale"] in (0.8, 1.0)
+    with pytest.raises(graph.ConversionError, match="Clamp"):
+        sc.convert(net, "percentile", calib, progress=False)  # a ReLU-only method refuses clamp layers
