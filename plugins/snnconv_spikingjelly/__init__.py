@@ -222,7 +222,8 @@ class SnnconvRecipe(FXConversionRecipe):
 def recipe_class(name: str) -> type:
     """An ``FXConversionRecipe`` subclass bound to the registered method ``name`` (e.g. ``PercentileRecipe``)."""
     get_method(name)
-    cls_name = "".join(part.capitalize() for part in name.replace("+", "-").replace("_", "-").split("-")) + "Recipe"
+    parts = name.replace("+", "-").replace("_", "-").split("-")
+    cls_name = "".join(part.replace(".", "_").capitalize() for part in parts) + "Recipe"  # percentile-99.99 -> Percentile99_99Recipe
     return type(cls_name, (SnnconvRecipe,), {"method_name": name, "__doc__": get_method(name).description})
 
 
