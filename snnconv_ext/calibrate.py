@@ -45,7 +45,7 @@ from .neuron import NeuronParams, init_state, run
 __all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "MultiStepNeuron", "LayerReport",
            "collect", "quantize", "synthesize_inputs", "PASSES"]
 
-PASSES = ("bias", "weights", "potential")
+PASSES = ("bias", "weights", "potential", "readout")
 _ADD = {operator.add, torch.add, operator.iadd}
 
 
@@ -248,6 +248,10 @@ class _Engine:
         return run(z, init_state(z[0], pp), pp).mean(0)
 
     def layer(self, target: str, z: torch.Tensor) -> torch.Tensor:
+        if target not in self.owners:  # readout-only calibration: the layer just runs
+            pp = self.params[target].to(z[0])
+            self.bar.update(1)
+            return run(z, init_state(z[0], pp), pp)
         t0 = time.perf_counter()
         p, x = self.params[target], self.ann[target]
         owner_t = self.owners[target]
@@ -358,7 +362,8 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
             raise graph.ConversionError(f"layer {t!r}: parameter calibration is defined for unsigned IF neurons "
                                         "(Li et al. 2022); this method's neurons are signed")
     nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module" and n.target in params}
-    owners = {t: _owner(gm, nodes[t]) for t in params}
+    layer_passes = set(passes) - {"readout"}
+    owners = {t: _owner(gm, nodes[t]) for t in params} if layer_passes else {}
     seen = {}
     for t, o in owners.items():
         if o in seen:
@@ -374,13 +379,51 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
     if "weights" in passes:
         for o in owners.values():
             graph._set_module(sim, o, _Capture(o, gm.get_submodule(o), engine.store))
+    readout = _readout(gm) if "readout" in passes else None
+    if readout is not None:
+        graph._set_module(gm, readout, copy.deepcopy(gm.get_submodule(readout)))
+        graph._set_module(sim, readout, _Capture(readout, gm.get_submodule(readout), engine.store))
     sim.recompile()
     sim = graph.to_multistep(sim, (_Calibrating, _Capture))
     try:
         sim(x.unsqueeze(0).expand(int(T), *x.shape))
     finally:
         engine.bar.close()
+    if readout is not None:
+        engine.reports.append(_fit_readout(gm, readout, engine.store.pop(readout)[0].mean(0), _ann_forward(gm, x),
+                                           float(opts.get("ridge", 0.1))))
     return engine.params, engine.reports
+
+
+def _readout(gm: fx.GraphModule) -> str:
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not (isinstance(out, fx.Node) and out.op == "call_module" and isinstance(gm.get_submodule(out.target), nn.Linear)):
+        raise graph.ConversionError("readout calibration needs the network to end in an nn.Linear layer")
+    return out.target
+
+
+def _fit_readout(gm: fx.GraphModule, target: str, s_bar: torch.Tensor, logits: torch.Tensor, ridge: float
+                 ) -> LayerReport:
+    """snnconv's extension of Algorithm 2 (not in the paper, which stops at the last IF layer): fit the linear
+    readout to the ANN's logits on the SNN's mean input, by ridge regression towards the ANN's weights:
+    min ||[s_bar 1] W' - logits||^2 + ridge * mean(diag(X^T X)) * ||W' - W||^2."""
+    t0 = time.perf_counter()
+    lin = gm.get_submodule(target)
+    xa = torch.cat([s_bar, torch.ones_like(s_bar[:, :1])], 1).double()
+    w0 = torch.cat([lin.weight, (lin.bias if lin.bias is not None else torch.zeros(lin.out_features,
+                                  device=s_bar.device))[:, None]], 1).T.double()
+    y = logits.double()
+    gram = xa.T @ xa
+    lam = ridge * float(gram.diagonal().mean())
+    w = w0 + torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device),
+                                xa.T @ (y - xa @ w0))
+    before = float((xa @ w0 - y).pow(2).sum() / y.pow(2).sum())
+    after = float((xa @ w - y).pow(2).sum() / y.pow(2).sum())
+    lin.weight.data.copy_(w[:-1].T.to(lin.weight.dtype))
+    if lin.bias is None:
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=s_bar.device, dtype=lin.weight.dtype))
+    lin.bias.data.copy_(w[-1].to(lin.weight.dtype))
+    return LayerReport(target, target, before, after, 0.0, 0.0, None, None, time.perf_counter() - t0)
 
 
 # --- the whole calibrate step of a recipe -------------------------------------------------------------------

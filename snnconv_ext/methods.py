@@ -72,7 +72,7 @@ class Method:
 
 
 # options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
-CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed")
+CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
 
 _REGISTRY: Dict[str, Method] = {}
 
@@ -151,6 +151,10 @@ register(Method("acp", "Advanced calibration pipeline: MMSE thresholds, ClipRoun
 register(Method("lcp+acp", "Bias, weight and potential calibration after MMSE thresholds and ClipRound.",
                 threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5, T=8,
                 calibration=("bias", "weights", "potential"), reference="Li et al. 2022, Algorithm 2"))
+register(Method("acp+readout", "ACP, then the linear readout fitted to the ANN's logits by ridge regression on the SNN's "
+                "mean input (snnconv's extension: Algorithm 2 stops at the last IF layer; option ridge=).",
+                threshold="mmse", threshold_options={"T": 8, "N": 100}, fire_at=0.5, T=8,
+                calibration=("weights", "potential", "readout"), reference="Li et al. 2022, Algorithm 2 + readout"))
 register(Method("max+lcp", "Layer max thresholds with ClipRound and bias calibration (LCP on the MaxAct baseline).",
                 threshold="max", fire_at=0.5, T=8, calibration=("bias",), reference="Li et al. 2022, Table 1"))
 register(Method("max+acp", "Layer max thresholds with ClipRound, weight and potential calibration.",

@@ -102,12 +102,12 @@ ENTRIES: dict[str, Entry] = {
         description="ResNet-20 with TTRBR's restructured blocks (Fig. 6), ReLU: stage-I ANN.",
     ),
     "fmnist-resnet56-w8": Entry(
-        dataset="fashion_mnist", arch="resnet56_w8", act="relu", epochs=4, lr=1e-3, batch_size=128,
+        dataset="fashion_mnist", arch="resnet56_w8", act="relu", epochs=3, lr=1e-3, batch_size=128,
         augment="crop2+flip",
         description="ResNet-56 at half width (8-16-32, 0.22 M parameters), original blocks, ReLU: stage-I ANN.",
     ),
     "fmnist-resnet56-w8-pre": Entry(
-        dataset="fashion_mnist", arch="resnet56_w8_pre", act="relu", epochs=4, lr=1e-3, batch_size=128,
+        dataset="fashion_mnist", arch="resnet56_w8_pre", act="relu", epochs=3, lr=1e-3, batch_size=128,
         augment="crop2+flip",
         description="ResNet-56 at half width with restructured blocks, ReLU: stage-I ANN.",
     ),

@@ -148,3 +148,17 @@ def test_synthesized_inputs_match_bn_statistics(trained_cnn):
     assert gap(feats) < 0.5 * gap(noise)
     with pytest.raises(ValueError, match="BatchNorm"):
         cal.synthesize_inputs(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8), n=4, steps=1)
+
+
+def test_readout_fit_lowers_the_logit_error(trained_cnn, calib):
+    # snnconv's readout pass (beyond Algorithm 2): ridge regression of the last linear layer on the SNN's mean
+    # input towards the ANN's logits must not increase their squared difference on the calibration images
+    gm, params, x, _ = _prepared(trained_cnn, get("acp+readout", T=2), calib)
+    _, reps = cal.calibrate_layers(gm, params, x, 2, ("readout",), ridge=0.1)
+    assert len(reps) == 1 and reps[0].layer == "11"
+    assert reps[0].rel_error_after < reps[0].rel_error_before
+    with pytest.raises(graph.ConversionError, match="nn.Linear"):
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+        g2 = graph.fold_bn(graph.trace(net))
+        p2 = graph.calibrate_thresholds(g2, get("max"), [torch.rand(4, 1, 8, 8)], progress=False)
+        cal.calibrate_layers(g2, p2, torch.rand(4, 1, 8, 8), 2, ("readout",))
