@@ -236,7 +236,8 @@ class ResNet(nn.Module):
     (bottleneck). The restructured net applies one final activation to the residual stream before pooling."""
 
     def __init__(self, depth: int = 20, width: int = 16, bottleneck: bool = False, restructured: bool = False,
-                 act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+                 act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+                 head: str = "plain") -> None:
         super().__init__()
         per = 9 if bottleneck else 6
         if (depth - 2) % per or depth < per + 2:
@@ -254,15 +255,23 @@ class ResNet(nn.Module):
                 blocks.append(block(c, w, 2 if (stage > 0 and i == 0) else 1, act, restructured))
                 c = w * block.expansion
         self.blocks = nn.Sequential(*blocks)
+        if head not in ("plain", "ttrbr"):
+            raise ValueError(f"resnet head must be 'plain' or 'ttrbr', got {head!r}")
         self.final_act = act() if restructured else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # head="ttrbr" (Meng et al. Sec. 5.1): an activation (IF) after the average pooling, and BN + activation
+        # after the last FC, so the SNN's output layer spikes too
+        self.pool_act = act() if head == "ttrbr" else nn.Identity()
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c, num_classes)
+        self.fc_bn = nn.BatchNorm1d(num_classes) if head == "ttrbr" else nn.Identity()
+        self.out_act = act() if head == "ttrbr" else nn.Identity()
 
     def forward(self, x):
         x = self.stem_act(self.stem(x))
         x = self.final_act(self.blocks(x))
-        return self.fc(self.flatten(self.pool(x)))
+        x = self.flatten(self.pool_act(self.pool(x)))
+        return self.out_act(self.fc_bn(self.fc(x)))
 
 
 def resnet20(act: ActFactory = nn.ReLU, **kw) -> ResNet:

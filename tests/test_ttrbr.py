@@ -128,3 +128,18 @@ def test_clamp_net_traces_and_converts_with_ttrbr(digits):
     assert snn.meta["snnconv_calibration"]["scale"] in (0.8, 1.0)
     with pytest.raises(graph.ConversionError, match="Clamp"):
         sc.convert(net, "percentile", calib, progress=False)  # a ReLU-only method refuses clamp layers
+
+
+def test_ttrbr_head_spikes_at_the_output(digits):
+    # Sec. 5.1: IF after the average pooling and after the last FC (with BN in between); the converted
+    # network's last layer is then a spiking layer, whose accumulated spikes are the readout
+    net = models.ResNet(8, 4, restructured=True, act=Clamp, image_size=8, head="ttrbr").eval()
+    gm = graph.fold_bn(graph.trace(net))
+    kinds = [type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"]
+    assert kinds[-3:] == ["Flatten", "Linear", "Clamp"] and "BatchNorm1d" not in kinds  # BN folded into the FC
+    calib = sc.data.loader(sc.data.subset(digits[0], 32, seed=0), batch_size=32)
+    snn = sc.convert(net, "ttrbr-plain", calib, progress=False)
+    out = sc.evaluate(snn, sc.data.subset(digits[1], 16, seed=None), [4], progress=False)
+    assert 0 <= out[4] <= 100
+    with pytest.raises(ValueError, match="head"):
+        models.ResNet(8, head="other")
