@@ -195,7 +195,7 @@ class MMSEThreshold(PercentileThreshold):
     """
 
     def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
-                 cap: int = 1 << 22, seed: int = 0) -> None:
+                 cap: int = 1 << 18, seed: int = 0) -> None:
         super().__init__(p=100.0, granularity=granularity, cap=cap, seed=seed)
         if int(T) < 1 or int(N) < 1:
             raise ValueError(f"MMSE needs T >= 1 and N >= 1 grid points, got T={T}, N={N}")
