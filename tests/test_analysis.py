@@ -28,7 +28,7 @@ def test_first_layer_errors_match_hand_computation():
     relu = z.clamp_min(0)
     assert abs(first["rel_error"] - float((relu - y).pow(2).sum() / relu.pow(2).sum())) < 1e-5
     assert abs(first["quantization_error"] - float((relu.clamp(max=theta) - y).abs().mean())) < 1e-6
-    assert first["deviation_error"] < 1e-7 and first["input_var_max"] < 1e-10  # float rounding of the mean only
+    assert first["deviation_error"] < 1e-7 and first["input_var_max"] < 1e-5  # float32 rounding only
     per_c = [float((relu[:, c] - y[:, c]).pow(2).sum() / relu[:, c].pow(2).sum()) for c in range(3)]
     assert all(abs(a - b) < 1e-5 for a, b in zip(first["rel_error_channels"], per_c))
     # the second layer integrates spikes: its input varies in time
