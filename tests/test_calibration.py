@@ -162,3 +162,21 @@ def test_readout_fit_lowers_the_logit_error(trained_cnn, calib):
         g2 = graph.fold_bn(graph.trace(net))
         p2 = graph.calibrate_thresholds(g2, get("max"), [torch.rand(4, 1, 8, 8)], progress=False)
         cal.calibrate_layers(g2, p2, torch.rand(4, 1, 8, 8), 2, ("readout",))
+
+
+def test_calibrated_net_is_the_same_in_both_backends_and_as_a_recipe(trained_cnn, calib, digits):
+    from conftest import run_both_backends
+    from spikingjelly.activation_based import ann2snn
+    from snnconv_spikingjelly import recipes
+    from snnconv_snntorch import convert as st_convert
+
+    torch.manual_seed(0)
+    sj = sc.convert(trained_cnn, "acp", calib, T=4, progress=False, iters=30)
+    torch.manual_seed(0)
+    st = st_convert(trained_cnn, "acp", calib, T=4, progress=False, iters=30)
+    x = digits[1].tensors[0][:16]
+    a, b, same = run_both_backends(sj, st, x, 4)
+    assert all(same) and torch.allclose(a, b, atol=1e-4)  # same spikes; logits summed in another order
+    rec = ann2snn.FXConverter(recipe=recipes.LcpRecipe(dataloader=calib, T=4, progress=False)).convert(
+        __import__("copy").deepcopy(trained_cnn))
+    assert rec.meta["snnconv_calibration"]["passes"] == ("bias",)
