@@ -50,7 +50,8 @@ def _test_set(dataset: str, n_test: Optional[int]):
 
 def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[int], out: Optional[Path] = None,
               n_test: Optional[int] = None, n_calib: int = 1024, batch_size: int = 128, chunk: int = 4,
-              progress: bool = True, log: Callable[[str], None] = print) -> List[Dict]:
+              progress: bool = True, log: Callable[[str], None] = print, options: Optional[Dict] = None
+              ) -> List[Dict]:
     """Convert ``model_name`` with each method, evaluate at every T, write CSV + plot to ``out``."""
     from . import zoo
     from .convert import convert
@@ -78,7 +79,7 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
             acc, t_conv, t_sim = {}, 0.0, 0.0
             for t in sorted(set(int(v) for v in timesteps)):
                 t0 = time.perf_counter()
-                snn = convert(ann, method=name, calib_data=calib, progress=False, T=t)
+                snn = convert(ann, method=name, calib_data=calib, progress=False, T=t, **(options or {}))
                 t_conv += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 acc.update(evaluate(snn, test, [t], batch_size=batch_size, chunk=chunk, progress=progress,
@@ -90,7 +91,7 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
             if name in SJ_RECIPES:
                 snn = sj_convert(ann, name, calib)
             else:
-                snn = convert(ann, method=name, calib_data=calib, progress=False)
+                snn = convert(ann, method=name, calib_data=calib, progress=False, **(options or {}))
             t_conv = time.perf_counter() - t0
             t0 = time.perf_counter()
             acc = evaluate(snn, test, timesteps, batch_size=batch_size, chunk=chunk, progress=progress, desc=name)
@@ -175,7 +176,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-calib", type=int, default=1024, help="training images used for calibration")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--chunk", type=int, default=4, help="time steps simulated at once; batch*chunk of about 512 images is fastest on CPU")
+    p.add_argument("--method-options", default="",
+                   help="options for our methods, comma-separated key=value (e.g. samples=128,iters=400)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def parse_options(spec: str) -> Dict:
+    """``"samples=128,ridge=0.1"`` -> ``{"samples": 128, "ridge": 0.1}`` (ints, floats, else strings)."""
+    out: Dict = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ValueError(f"method option {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(val)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = val.strip()
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     for model in [m.strip() for m in args.model.split(",") if m.strip()]:
         rows += run_bench(model, [m.strip() for m in args.methods.split(",") if m.strip()],
                           [int(t) for t in args.timesteps.split(",")], None, args.n_test, args.n_calib,
-                          args.batch_size, args.chunk, progress=not args.no_progress)
+                          args.batch_size, args.chunk, progress=not args.no_progress,
+                          options=parse_options(args.method_options))
     if not rows:
         raise SystemExit("no method applied to any model: nothing to report")
     write_outputs(rows, Path(args.out))

@@ -35,3 +35,13 @@ def test_bench_reports_inapplicable_methods(tmp_path, capsys):
     assert {r["method"] for r in rows} == {"max"}
     out = capsys.readouterr().out
     assert "strelu" in out and "n/a on fmnist-net4: method converts ['StReLU'], the model uses ['ReLU']" in out
+
+
+def test_method_options_parse():
+    from snnconv_ext.bench import parse_options
+    assert parse_options("samples=128, ridge=0.1,threshold=percentile") == {"samples": 128, "ridge": 0.1,
+                                                                            "threshold": "percentile"}
+    assert parse_options("") == {}
+    import pytest
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options("samples")
