@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import graph
-from .calibrate import quantize
+from .calibrate import ann_activations, quantize
 from .evaluate import as_loader, simulate_net
 from .neuron import NeuronParams
 
@@ -88,11 +88,7 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
     seen = 0
     for x in graph.iter_inputs(as_loader(data, batch_size), device, "analysis data"):
         x = x[: max_images - seen]
-        ann_out = {}
-        hooks = [gm.get_submodule(t).register_forward_hook(lambda m, i, o, t=t: ann_out.__setitem__(t, o)) for t in acts]
-        gm(x)
-        for h in hooks:
-            h.remove()
+        ann_out, _ = ann_activations(gm, acts, x)
         accs = {t: _Acc() for t in acts}
         hooks = [layers[t].register_forward_hook(lambda m, i, o, t=t: accs[t].add(i[0], o)) for t in acts]
         for _ in simulate_net(snn, x, T, chunk):

@@ -26,7 +26,6 @@ Everything here uses the core neuron (``neuron.run``); no backend is imported.
 from __future__ import annotations
 
 import copy
-import math
 import operator
 import time
 from dataclasses import asdict, dataclass, replace
@@ -43,10 +42,16 @@ from .methods import Method
 from .neuron import NeuronParams, init_state, run
 
 __all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "MultiStepNeuron", "LayerReport",
-           "collect", "quantize", "synthesize_inputs", "PASSES"]
+           "collect", "quantize", "synthesize_inputs", "ann_activations", "PASSES"]
 
 PASSES = ("bias", "weights", "potential", "readout")
 _ADD = {operator.add, torch.add, operator.iadd}
+
+
+def _run(z: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+    """The core neuron over a whole window ``z`` of shape ``[T, ...]`` from a fresh state."""
+    pp = p.to(z[0])
+    return run(z, init_state(z[0], pp), pp)
 
 
 class MultiStepNeuron(nn.Module):
@@ -57,18 +62,22 @@ class MultiStepNeuron(nn.Module):
         self.p = params
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        p = self.p.to(z[0])
-        return run(z, init_state(z[0], p), p)
+        return _run(z, self.p)
 
 
-def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams], factory=MultiStepNeuron) -> fx.GraphModule:
-    """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by ``factory(params)``.
-    It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for the logits)."""
+def _multistep_copy(gm: fx.GraphModule, replace_by: Dict[str, nn.Module]) -> fx.GraphModule:
+    """A multi-step copy of ``gm`` sharing its weights, with the modules at ``replace_by``'s targets swapped."""
     sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # submodules by reference: weights are shared
-    for target, p in params.items():
-        graph._set_module(sim, target, factory(p) if factory is MultiStepNeuron else factory(target, p))
+    for target, module in replace_by.items():
+        graph._set_module(sim, target, module)
     sim.recompile()
-    return graph.to_multistep(sim, (MultiStepNeuron, _Calibrating))
+    return graph.to_multistep(sim, tuple({type(m) for m in replace_by.values()}))
+
+
+def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams]) -> fx.GraphModule:
+    """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by the core neuron.
+    It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for the logits)."""
+    return _multistep_copy(gm, {t: MultiStepNeuron(p) for t, p in params.items()})
 
 
 def collect(data: Iterable, n: int, device: torch.device, what: str = "calibration data"
@@ -76,9 +85,6 @@ def collect(data: Iterable, n: int, device: torch.device, what: str = "calibrati
     """The first ``n`` images (and labels, when the batches carry them) of ``data``, checked for shape and NaN."""
     xs, ys, have = [], [], 0
     for x, y in graph.iter_inputs(data, device, what, with_labels=True):
-        if xs and x.shape[1:] != xs[0].shape[1:]:
-            raise ValueError(f"{what}: batch {len(xs)} has sample shape {tuple(x.shape[1:])}, earlier batches "
-                             f"{tuple(xs[0].shape[1:])}")
         xs.append(x)
         ys.append(y)
         have += x.shape[0]
@@ -87,13 +93,6 @@ def collect(data: Iterable, n: int, device: torch.device, what: str = "calibrati
     x = torch.cat(xs)[:n]
     y = None if any(v is None for v in ys) else torch.cat(ys)[:n].to(device)
     return x, y
-
-
-def _ann_forward(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    try:
-        return gm(x)
-    except RuntimeError as exc:
-        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: {exc}") from None
 
 
 # --- TTRBR: lambda-scaled thresholds --------------------------------------------------------------------------
@@ -127,7 +126,7 @@ def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.T
     nearest 1. Returns (lambda, {lambda: accuracy}).
     """
     if labels is None:
-        labels = _ann_forward(gm, x).argmax(-1)
+        labels = graph.run_ann(gm, x).argmax(-1)
     scores = {}
     for lam in tqdm(list(grid), desc=f"lambda search T={T}", disable=not progress, leave=False):
         sim = simulator(gm, _scaled(params, float(lam)))
@@ -243,20 +242,15 @@ class _Engine:
         self.bar = tqdm(total=len(params), desc=f"calibrate {'+'.join(passes)} T={T}", disable=not progress,
                         leave=False)
 
-    def _mean_out(self, z: torch.Tensor, p: NeuronParams) -> torch.Tensor:
-        pp = p.to(z[0])
-        return run(z, init_state(z[0], pp), pp).mean(0)
-
     def layer(self, target: str, z: torch.Tensor) -> torch.Tensor:
         if target not in self.owners:  # readout-only calibration: the layer just runs
-            pp = self.params[target].to(z[0])
             self.bar.update(1)
-            return run(z, init_state(z[0], pp), pp)
+            return _run(z, self.params[target])
         t0 = time.perf_counter()
         p, x = self.params[target], self.ann[target]
         owner_t = self.owners[target]
         owner = self.gm.get_submodule(owner_t)
-        s_bar = self._mean_out(z, p)
+        s_bar = _run(z, p).mean(0)
         rel0, mean0 = _rel(x, s_bar), float(_channel_mean(x - s_bar).abs().mean())
         loss0 = loss1 = None
         z0 = z
@@ -267,19 +261,18 @@ class _Engine:
                 d = _channel_mean(x - s_bar)
                 owner.bias.data += d
                 z = z + _as_channel(d, x.dim() - 1)
-                s_bar = self._mean_out(z, p)
+                s_bar = _run(z, p).mean(0)
         if "weights" in self.passes:  # ACP weight calibration (Eqs. 23-24)
             s_in, y = self.store.pop(owner_t)
             rest = z0 - y  # current not produced by the owner (a residual shortcut), per step
             loss0, loss1 = self._fit_weights(owner, s_in.mean(0), rest.mean(0), x, p)
             z = graph.SeqModule(owner)(s_in) + rest
-            s_bar = self._mean_out(z, p)
+            s_bar = _run(z, p).mean(0)
         if "potential" in self.passes:  # ACP potential calibration: v(0) := T * e (Eq. 22), batch mean
             e = (x - s_bar).mean(0)
             p = replace(p, v0=torch.as_tensor(p.v0, dtype=e.dtype, device=e.device) + self.T * e)
             self.params[target] = p
-        pp = p.to(z[0])
-        out = run(z, init_state(z[0], pp), pp)
+        out = _run(z, p)
         s_bar = out.mean(0)
         self.reports.append(LayerReport(target, owner_t, rel0, _rel(x, s_bar), mean0,
                                         float(_channel_mean(x - s_bar).abs().mean()), loss0, loss1,
@@ -329,16 +322,18 @@ class _Engine:
         return before, after
 
 
-def _ann_activations(gm: fx.GraphModule, targets: List[str], x: torch.Tensor) -> Dict[str, torch.Tensor]:
+def ann_activations(gm: fx.GraphModule, targets: Iterable[str], x: torch.Tensor
+                    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """The outputs of the modules at ``targets`` and the network's output, from one forward pass of ``x``."""
     out = {}
     hooks = [gm.get_submodule(t).register_forward_hook(lambda m, i, o, t=t: out.__setitem__(t, o.detach()))
              for t in targets]
     try:
-        _ann_forward(gm, x)
+        logits = graph.run_ann(gm, x)
     finally:
         for h in hooks:
             h.remove()
-    return out
+    return out, logits
 
 
 @torch.no_grad()
@@ -371,26 +366,22 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
         seen[o] = t
         graph._set_module(gm, o, copy.deepcopy(gm.get_submodule(o)))  # never touch the caller's module
     params = dict(params)
-    ann_out = _ann_activations(gm, list(params), x)
+    ann_out, logits = ann_activations(gm, params, x)  # targets from the ANN before any calibration
     engine = _Engine(gm, params, ann_out, owners, tuple(passes), int(T), opts, progress)
-    sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))
-    for t in params:
-        graph._set_module(sim, t, _Calibrating(t, engine))
+    replace_by: Dict[str, nn.Module] = {t: _Calibrating(t, engine) for t in params}
     if "weights" in passes:
-        for o in owners.values():
-            graph._set_module(sim, o, _Capture(o, gm.get_submodule(o), engine.store))
+        replace_by.update({o: _Capture(o, gm.get_submodule(o), engine.store) for o in owners.values()})
     readout = _readout(gm) if "readout" in passes else None
     if readout is not None:
         graph._set_module(gm, readout, copy.deepcopy(gm.get_submodule(readout)))
-        graph._set_module(sim, readout, _Capture(readout, gm.get_submodule(readout), engine.store))
-    sim.recompile()
-    sim = graph.to_multistep(sim, (_Calibrating, _Capture))
+        replace_by[readout] = _Capture(readout, gm.get_submodule(readout), engine.store)
+    sim = _multistep_copy(gm, replace_by)
     try:
         sim(x.unsqueeze(0).expand(int(T), *x.shape))
     finally:
         engine.bar.close()
     if readout is not None:
-        engine.reports.append(_fit_readout(gm, readout, engine.store.pop(readout)[0].mean(0), _ann_forward(gm, x),
+        engine.reports.append(_fit_readout(gm, readout, engine.store.pop(readout)[0].mean(0), logits,
                                            float(opts.get("ridge", 0.1))))
     return engine.params, engine.reports
 

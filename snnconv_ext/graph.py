@@ -23,6 +23,7 @@ from .neuron import NeuronParams
 __all__ = [
     "trace", "fold_bn", "check_supported", "activation_nodes", "calibrate_thresholds",
     "replace_activations", "relift_activations", "SeqModule", "to_multistep", "ConversionError", "iter_inputs",
+    "run_ann",
 ]
 
 
@@ -206,6 +207,10 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
             raise ValueError(f"{what}: batch {n} has dtype {x.dtype}, expected floating point")
         if torch.isnan(x).any():
             raise ValueError(f"{what}: batch {n} contains NaN")
+        if n == 0:
+            shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{what}: batch {n} has sample shape {tuple(x.shape[1:])}, earlier batches {shape}")
         n += 1
         if not with_labels:
             yield x.to(device)
@@ -214,6 +219,14 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
         yield x.to(device), (y.to(device) if ok else None)
     if n == 0:
         raise ValueError(f"{what} is empty: conversion needs at least one batch to set thresholds")
+
+
+def run_ann(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``gm(x)``, turning a shape mismatch inside the model into an error that names the data's shape."""
+    try:
+        return gm(x)
+    except RuntimeError as exc:
+        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: {exc}") from None
 
 
 @torch.no_grad()
@@ -234,14 +247,8 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
     try:
         it = iter_inputs(data, device)
         for i, x in enumerate(tqdm(it, desc=f"calibrate {method.name}", disable=not progress, leave=False)):
-            if shape is not None and tuple(x.shape[1:]) != shape:
-                raise ValueError(f"calibration batch {i} has sample shape {tuple(x.shape[1:])}, earlier batches {shape}")
             shape = tuple(x.shape[1:])
-            try:
-                gm(x)
-            except RuntimeError as exc:
-                raise ValueError(f"calibration batch {i} of shape {tuple(x.shape)} does not fit the model: "
-                                 f"{exc}") from None
+            run_ann(gm, x)
             if max_batches is not None and i + 1 >= max_batches:
                 break
     finally:
