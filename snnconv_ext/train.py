@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from tqdm import tqdm
 
-from . import models, zoo
+from . import models, thresholds, zoo
 from .activations import Clamp
 
 __all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "DATASETS"]
@@ -181,32 +181,29 @@ def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset, bat
     if init.endswith(".pt"):
         state = zoo.read_state_dict(init)
     else:
-        root = Path(r["out"]) if (Path(r["out"]) / zoo.MANIFEST_NAME).exists() and init in zoo.read_manifest(r["out"]) \
-            else None
+        root = r["out"] if init in zoo.read_manifest(r["out"]) else None  # --out first, then the zoo
         info = zoo.read_manifest(root).get(init)
         if info is None:
-            raise FileNotFoundError(f"stage-I model {init!r} is not in {root or zoo.ZOO_DIR}; train it first: "
+            raise FileNotFoundError(f"stage-I model {init!r} is not in {r['out']} or {zoo.ZOO_DIR}; train it first: "
                                     f"snnconv train --model {init} --out {r['out']}")
-        state = zoo.read_state_dict((Path(root) if root else zoo.ZOO_DIR) / info["file"], info["sha256"])
+        state = zoo.read_state_dict(zoo.path(init, root), info["sha256"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("alpha") for k in missing):
         raise ValueError(f"stage-I checkpoint {init!r} does not match {r['arch']}: missing {missing}, "
                          f"unexpected {unexpected}")
     clamps = [m for m in model.modules() if isinstance(m, Clamp)]
-    seen = {id(m): [] for m in clamps}
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen[id(m)].append(a[0].detach().flatten())) for m in clamps]
+    levels = {id(m): thresholds.get("percentile", p=99.9, cap=1 << 20) for m in clamps}
+    hooks = [m.register_forward_pre_hook(lambda m, a: levels[id(m)].observe(a[0])) for m in clamps]
     model.eval()
     with torch.no_grad():
+        for m in clamps:  # pass everything through while measuring
+            m.alpha.fill_(float("inf"))
         for i in range(batches):
-            for m in clamps:  # pass everything through while measuring
-                m.alpha.fill_(float("inf"))
             model(train_ds.tensors[0][i * r["batch_size"]:(i + 1) * r["batch_size"]])
-    for h in hooks:
-        h.remove()
-    with torch.no_grad():
+        for h in hooks:
+            h.remove()
         for m in clamps:
-            v = torch.cat(seen[id(m)]).clamp_min(0)
-            m.alpha.fill_(max(float(torch.quantile(v[torch.randperm(len(v))[:1 << 20]], 0.999)), 1e-2))
+            m.alpha.fill_(max(float(levels[id(m)].compute()), 1e-2))
 
 
 def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
