@@ -158,31 +158,53 @@ def quantize(u: torch.Tensor, p: NeuronParams, T: int, ste: bool = False) -> tor
     return theta / T * torch.clamp(f, 0, T)
 
 
+def _passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An nn.Identity / nn.Dropout node (a no-op in eval mode) that calibration may look through."""
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.Identity, nn.Dropout))
+
+
 def _owner(gm: fx.GraphModule, act: fx.Node) -> str:
-    """The conv/linear layer whose bias and weights drive ``act``'s input current: its direct producer, or
-    the first conv/linear operand of a residual sum (the branch; the shortcut stays fixed)."""
+    """The conv/linear layer whose bias and weights drive ``act``'s input current, and only it: its direct
+    producer, or the first conv/linear operand of a residual sum (the branch; the shortcut stays fixed).
+
+    When that layer's output also reaches other nodes (a conv feeding several layers, or, in TTRBR's
+    restructured ResNets, a sum that flows on along the skip path as well as into the next block's
+    activation), a correction made for ``act`` would leak into them and pile up along the residual stream.
+    Then ``act`` gets its own copy of the layer (and of the sum): the graph computes the same function, the
+    skip path keeps the original layer, and calibration changes only the copy. ``gm`` is edited in place."""
     modules = dict(gm.named_modules())
-    node = act.args[0]
-    while isinstance(node, fx.Node):
-        if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, graph.LINEAR):
-                if len(node.users) != 1:
-                    raise graph.ConversionError(f"{graph._where(act)}: its input layer {node.target!r} also feeds "
-                                                "other nodes, so calibrating its bias/weights would change them too")
-                return node.target
-            if isinstance(m, (nn.Identity, nn.Dropout)):
-                node = node.args[0]
-                continue
-        if node.op == "call_function" and node.target in _ADD:
-            for a in node.args:
-                if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(modules[a.target], graph.LINEAR) \
-                        and len(a.users) == 1:
-                    return a.target
-        break
-    raise graph.ConversionError(f"{graph._where(act)}: calibration needs this activation's input to come from a "
-                                "conv/linear layer (or a residual sum with one); found "
-                                f"{getattr(node, 'name', node)!r}")
+    node, path = act.args[0], []
+    while isinstance(node, fx.Node) and _passthrough(gm, node):
+        path.append(node)
+        node = node.args[0]
+    conv, add = None, None
+    if isinstance(node, fx.Node) and node.op == "call_module" and isinstance(modules[node.target], graph.LINEAR):
+        conv = node
+    elif isinstance(node, fx.Node) and node.op == "call_function" and node.target in _ADD:
+        add = node
+        conv = next((a for a in add.args if isinstance(a, fx.Node) and a.op == "call_module"
+                     and isinstance(modules[a.target], graph.LINEAR)), None)
+    if conv is None:
+        raise graph.ConversionError(f"{graph._where(act)}: calibration needs this activation's input to come from a "
+                                    "conv/linear layer (or a residual sum with one); found "
+                                    f"{getattr(node, 'name', node)!r}")
+    chain = path + ([add] if add is not None else []) + [conv]
+    if all(len(n.users) == 1 for n in chain):
+        return conv.target
+    # shared driver: give act its own copy of the layer (and of the sum), so the correction reaches act only
+    name = "calib_" + act.target.replace(".", "_")
+    while hasattr(gm, name):
+        name += "_"
+    gm.add_submodule(name, copy.deepcopy(modules[conv.target]))
+    with gm.graph.inserting_after(add if add is not None else conv):
+        own = gm.graph.call_module(name, conv.args, conv.kwargs)
+    if add is not None:
+        with gm.graph.inserting_after(own):
+            own = gm.graph.call_function(add.target, tuple(own if a is conv else a for a in add.args), add.kwargs)
+    act.replace_input_with(act.args[0], own)
+    gm.graph.lint()
+    gm.recompile()
+    return name
 
 
 @dataclass
