@@ -192,6 +192,8 @@ class MMSEThreshold(PercentileThreshold):
     Eq. 18, Algorithm 1): a grid of N points in (0, max], layer- or channel-wise.
 
     Algorithm 1's text says ClipFloor while Eq. 18 says ClipRound; ``rounding`` picks (default Eq. 18).
+    The grid's top is the true maximum of everything observed; the MSE of each grid point is measured on all
+    values up to ``cap`` per group and on a seeded uniform subsample of ``cap`` beyond that.
     """
 
     def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
@@ -202,13 +204,21 @@ class MMSEThreshold(PercentileThreshold):
         if rounding not in ("round", "floor"):
             raise ValueError(f"rounding must be 'round' (Eq. 18) or 'floor' (ClipFloor), got {rounding!r}")
         self.T, self.N, self.rounding = int(T), int(N), rounding
+        self.top: Optional[torch.Tensor] = None
+
+    def observe(self, z: torch.Tensor) -> None:
+        z = z.detach().float().clamp_min(0)
+        vals = z.reshape(1, -1) if self.granularity == "layer" else _channels_first(z)
+        top = vals.max(dim=1).values.cpu()  # the true maximum, before any subsampling
+        self.top = top if self.top is None else torch.maximum(self.top, top)
+        super().observe(z)
 
     def compute(self) -> torch.Tensor:
         self._check_ready()
         if self.n > self.cap:
             self._shrink()
         x = torch.cat(self.values, dim=1)  # [groups, n], already ReLU'd
-        top = x.max(dim=1).values.clamp_min(1e-8)  # [groups]
+        top = self.top.clamp_min(1e-8)  # [groups], Algorithm 1: max of the whole calibration set
         best_err = torch.full_like(top, float("inf"))
         best = top.clone()
         for j in range(1, self.N + 1):  # Algorithm 1: theta_j = j/N * max
