@@ -101,7 +101,11 @@ def collect(data: Iterable, n: int, device: torch.device, what: str = "calibrati
 # --- TTRBR: lambda-scaled thresholds --------------------------------------------------------------------------
 
 def _scaled(params: Dict[str, NeuronParams], lam: float) -> Dict[str, NeuronParams]:
-    """Thresholds (and initial potentials, which are in units of theta) times lambda (TTRBR Sec. 4)."""
+    """Thresholds times lambda (TTRBR Sec. 4), and the initial potentials with them.
+
+    ``v0`` is an absolute potential everywhere (``neuron.init_state`` starts the membrane at it); it is scaled
+    too so that a start set relative to theta (DNI's v0 = theta/2) stays at the same fraction of the new
+    threshold: the scaled neuron on input ``lambda*x`` then fires exactly as the original on ``x``."""
     out = {}
     for t, p in params.items():
         out[t] = replace(p, theta=torch.as_tensor(p.theta) * lam,

@@ -117,13 +117,13 @@ class PercentileThreshold(ThresholdStrategy):
     """p-th percentile of the ReLU output (zeros included), "robust norm" of Rueckauer et al. 2017.
 
     Values are kept exactly up to ``cap`` per layer (or per channel); beyond that a seeded uniform
-    subsample of ``cap`` values is kept, which leaves the percentile unbiased.
+    subsample of ``cap`` values is kept, which leaves the percentile unbiased. ``granularity="neuron"`` takes
+    the percentile of each neuron's values over the calibration images (a robust version of DNI's per-neuron
+    maximum, DNISNM Sec. 4.1: one outlier image no longer sets a neuron's threshold).
     """
 
     def __init__(self, p: float = 99.9, granularity: str = "layer", cap: int = 1 << 24, seed: int = 0) -> None:
         super().__init__(granularity)
-        if granularity == "neuron":
-            raise ValueError("percentile thresholds are layer- or channel-wise")
         if not 0.0 < p <= 100.0:
             raise ValueError(f"percentile p must be in (0, 100], got {p}")
         self.p, self.cap = float(p), int(cap)
@@ -133,13 +133,29 @@ class PercentileThreshold(ThresholdStrategy):
 
     def observe(self, z: torch.Tensor) -> None:
         z = z.detach().float().clamp_min(0)
-        vals = z.reshape(1, -1) if self.granularity == "layer" else _channels_first(z)
-        self.values.append(vals.cpu())
-        self.n += vals.shape[1]
+        self.values.append(self._groups(z).cpu())
+        self.n += self.values[-1].shape[1]
         self.count += z.shape[0]
         self._sample_dim = z.dim() - 1
+        self._sample_shape = tuple(z.shape[1:])
         if self.n > 2 * self.cap:
             self._shrink()
+
+    def _groups(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, C, ...]`` -> ``[groups, values]``: one group per layer, channel or neuron."""
+        if self.granularity == "layer":
+            return z.reshape(1, -1)
+        if self.granularity == "channel":
+            return _channels_first(z)
+        return z.reshape(z.shape[0], -1).T
+
+    def _shaped(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-group values -> a threshold broadcasting against one sample."""
+        if self.granularity == "layer":
+            return theta[0]
+        if self.granularity == "channel":
+            return _shape_channel(theta, self._sample_dim)
+        return theta.reshape(self._sample_shape)
 
     def _shrink(self) -> None:
         allv = torch.cat(self.values, dim=1)
@@ -152,8 +168,7 @@ class PercentileThreshold(ThresholdStrategy):
             self._shrink()
         allv = torch.cat(self.values, dim=1)
         k = max(1, min(allv.shape[1], int(round(self.p / 100.0 * allv.shape[1]))))
-        theta = self._positive(allv.kthvalue(k, dim=1).values)
-        return theta[0] if self.granularity == "layer" else _shape_channel(theta, self._sample_dim)
+        return self._shaped(self._positive(allv.kthvalue(k, dim=1).values))
 
 
 @register("activation")
@@ -208,8 +223,7 @@ class MMSEThreshold(PercentileThreshold):
 
     def observe(self, z: torch.Tensor) -> None:
         z = z.detach().float().clamp_min(0)
-        vals = z.reshape(1, -1) if self.granularity == "layer" else _channels_first(z)
-        top = vals.max(dim=1).values.cpu()  # the true maximum, before any subsampling
+        top = self._groups(z).max(dim=1).values.cpu()  # the true maximum, before any subsampling
         self.top = top if self.top is None else torch.maximum(self.top, top)
         super().observe(z)
 
@@ -227,4 +241,4 @@ class MMSEThreshold(PercentileThreshold):
             better = err < best_err
             best = torch.where(better, theta, best)
             best_err = torch.where(better, err, best_err)
-        return best[0] if self.granularity == "layer" else _shape_channel(best, self._sample_dim)
+        return self._shaped(best)
