@@ -192,10 +192,13 @@ def build(arch: str, act: str | ActFactory = "relu", **kw) -> nn.Sequential:
 # downsampling shortcuts are 1x1 conv + BN ("option B"), which fold and convert like any conv.
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with BN. ``restructured=False``: the original block, act(F(x) + shortcut(x)).
-    ``restructured=True``: TTRBR Fig. 6, pre-activation style, F(act(x)) + shortcut(x) with no activation
-    right after the sum, so no IF neuron integrates the high-variance summed current (Sec. 4). BN stays right
-    after each conv so it folds into the conv weights."""
+    """Two 3x3 convs with BN. ``restructured=False``: the original block, act(F(x) + shortcut(x)): the IF
+    neurons replacing ``act`` integrate the sum, and their spikes replace the sum on both paths.
+    ``restructured=True``: TTRBR Fig. 6 / Sec. 4, the "pre-activation" block (He et al. 2016b), F(act(x)) +
+    shortcut(x). The sum is not activated on the skip path: it flows on as an analog current into the next
+    block's sum (or its 1x1 shortcut conv), so no IF neuron re-quantizes the residual stream. The next block's
+    ``act_in`` still receives the sum as its input current, but its spikes only drive that block's branch.
+    Unlike He et al.'s BN-ReLU-conv, BN stays right after each conv so it folds into the conv weights."""
 
     expansion = 1
 
@@ -233,7 +236,9 @@ class Bottleneck(BasicBlock):
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem conv + BN, three stages of ``n`` blocks (widths w, 2w, 4w; stride 2 at
     stages 2 and 3), global average pooling, one linear classifier. depth = 6n + 2 (basic) or 9n + 2
-    (bottleneck). The restructured net applies one final activation to the residual stream before pooling."""
+    (bottleneck). The restructured net applies one final activation to the residual stream before pooling.
+    ``head="plain"``: global average pooling and one linear readout (the zoo's ResNets); ``head="ttrbr"``: the
+    paper's head (Sec. 5.1), an activation (IF) after the pooling and BN + activation after the last FC."""
 
     def __init__(self, depth: int = 20, width: int = 16, bottleneck: bool = False, restructured: bool = False,
                  act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
