@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--out then the zoo, or a .pt path); default: the entry's recipe")
     parser.add_argument("--alpha-decay", type=float, default=None,
                         help="L2 penalty on the Clamp upper levels alpha (TTRBR Sec. 4); default: the entry's recipe")
+    parser.add_argument("--optimizer", default=None, choices=("adam", "sgd"),
+                        help="adam (weight decay on alpha: (wd/2)*||alpha||^2) or sgd (momentum 0.9, TTRBR App. D; "
+                             "alpha-decay*||alpha||^2 added to the loss); default: sgd for stage II, else adam")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
 
@@ -132,10 +135,13 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "augment": pick(args.augment, "augment", "none"),
         "init": pick(getattr(args, "init", None), "init", ""),
         "alpha_decay": pick(getattr(args, "alpha_decay", None), "alpha_decay", 0.0),
+        "optimizer": getattr(args, "optimizer", None),
         "seed": args.seed,
         "data_root": args.data_root,
         "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
     }
+    if r["optimizer"] is None:  # TTRBR App. D: stage II by SGD with momentum; stage I as before
+        r["optimizer"] = "sgd" if r["init"] else "adam"
     if r["dataset"] not in DATASETS:
         raise ValueError(f"unknown dataset {r['dataset']!r}; known: {sorted(DATASETS)}")
     _parse_augment(r["augment"])
@@ -155,6 +161,8 @@ def _command(r: dict[str, Any]) -> str:
         argv += ["--init", r["init"]]
     if r["alpha_decay"] and (entry is None or entry.alpha_decay != r["alpha_decay"]):
         argv += ["--alpha-decay", repr(r["alpha_decay"])]
+    if r["optimizer"] != ("sgd" if r["init"] else "adam"):
+        argv += ["--optimizer", r["optimizer"]]
     if r["data_root"] is not None:
         argv += ["--data-root", str(r["data_root"])]
     if Path(r["out"]).resolve() != zoo.ZOO_DIR:
@@ -227,8 +235,16 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     loader = DataLoader(train_ds, sampler=sampler, batch_size=None)
     alphas = [m.alpha for m in model.modules() if isinstance(m, Clamp)]
     others = [p for p in model.parameters() if all(p is not a for a in alphas)]
-    groups = [{"params": others}] + ([{"params": alphas, "weight_decay": r["alpha_decay"]}] if alphas else [])
-    opt = torch.optim.Adam(groups, lr=r["lr"])  # weight_decay on alphas = their L2 penalty (TTRBR Sec. 4)
+    if r["optimizer"] == "adam":
+        # weight_decay wd adds wd*alpha to alpha's gradient: the penalty (wd/2)*||alpha||^2
+        groups = [{"params": others}] + ([{"params": alphas, "weight_decay": r["alpha_decay"]}] if alphas else [])
+        opt = torch.optim.Adam(groups, lr=r["lr"])
+        penalty = 0.0
+    else:
+        # TTRBR Sec. 4 / App. D: SGD with momentum 0.9, an L2 regularizer on alpha in the loss
+        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9)
+        penalty = r["alpha_decay"]
+    alpha0 = [float(a) for a in alphas]
     steps = r["epochs"] * len(sampler)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = nn.CrossEntropyLoss()
@@ -244,6 +260,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
             xb = augment_batch(xb, pad, flip, aug_gen)
             out = model(xb)
             loss = loss_fn(out, yb)
+            if penalty and alphas:
+                loss = loss + penalty * sum(a.pow(2).sum() for a in alphas)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -286,12 +304,16 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
         "command": _command(r),
         "seed": r["seed"],
         "epochs": r["epochs"],
-        "optimizer": "Adam",
+        "optimizer": "Adam" if r["optimizer"] == "adam" else "SGD (momentum 0.9)",
         "lr": r["lr"],
         "lr_schedule": "cosine annealing to 0, stepped per batch",
         "batch_size": r["batch_size"],
         "augmentation": r["augment"],
-        "loss": "cross-entropy" + (f" + {r['alpha_decay']} * ||alpha||^2 (Adam weight decay)" if alphas else ""),
+        "loss": "cross-entropy" + ((f" + {r['alpha_decay'] / 2:g} * ||alpha||^2 (Adam weight_decay={r['alpha_decay']:g} "
+                                   "on alpha)" if r["optimizer"] == "adam" else
+                                   f" + {r['alpha_decay']:g} * ||alpha||^2") if alphas else ""),
+        **({"alpha_init": [round(a, 4) for a in alpha0], "alpha_final": [round(float(a), 4) for a in alphas]}
+           if alphas else {}),
         **({"init": r["init"]} if r["init"] else {}),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

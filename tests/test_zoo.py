@@ -40,14 +40,21 @@ def _fmnist_test_slice(n=1000):
 def test_manifest_entries_complete():
     manifest = zoo.read_manifest()
     assert {"fmnist-net3", "fmnist-net4"} <= set(manifest) <= set(zoo.names())
-    for name in manifest:
-        assert name in manifest, f"{name} missing from manifest: run {zoo.train_command(name)}"
-        info = manifest[name]
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    for name, info in manifest.items():
         assert REQUIRED <= set(info), name
         assert info["command"].startswith(f"snnconv train --model {name} ")
         assert info["arch"] == zoo.ENTRIES[name].arch and info["dataset"] == "fashion_mnist"
         assert info["activation"] == zoo.ENTRIES[name].act
-        assert zoo.path(name).is_file()
+        f = zoo.path(name)
+        assert f.is_file() and f.stat().st_size == info["size_bytes"], name
+        assert zoo.sha256_file(f) == info["sha256"], name
+        # the recorded command reproduces the recorded recipe
+        r = train._resolve(parser.parse_args(info["command"].split()[2:]))
+        assert (r["epochs"], r["lr"], r["batch_size"], r["augment"], r["seed"]) == \
+            (info["epochs"], info["lr"], info["batch_size"], info["augmentation"], info["seed"]), name
+        assert {"adam": "Adam"}.get(r["optimizer"], "SGD (momentum 0.9)") == info["optimizer"], name
 
 
 @pytest.mark.parametrize("name", ["fmnist-net3", "fmnist-net4"])
