@@ -124,8 +124,9 @@ register(Method("dni", "DNI: per-neuron maximum activation as threshold, v0 = th
                 threshold="max", threshold_options={"granularity": "neuron"}, v0="half",
                 reference="Wang et al. 2024, Sec. 4.1"))
 register(Method("dni-percentile", "DNI with a robust per-neuron threshold: each neuron's p-th percentile over the "
-                "calibration images (option p=, default 99) instead of its maximum, v0 = theta/2.",
-                threshold="percentile", threshold_options={"p": 99.0, "granularity": "neuron"}, v0="half",
+                "calibration images (option p=, default 99; beyond 2048 images, over a seeded uniform subsample of 2048) "
+                "instead of its maximum, v0 = theta/2.",
+                threshold="percentile", threshold_options={"p": 99.0, "granularity": "neuron", "cap": 2048}, v0="half",
                 reference="Wang et al. 2024, Sec. 4.1 (percentile: snnconv)"))
 register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (Eqs. 19-23).",
                 threshold="max", signed=True, memory=True, reference="Wang et al. 2024, Sec. 4.2"))

@@ -244,7 +244,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
         # TTRBR Sec. 4 / App. D: SGD with momentum 0.9, an L2 regularizer on alpha in the loss
         opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9)
         penalty = r["alpha_decay"]
-    alpha0 = [float(a) for a in alphas]
+    alpha0 = [float(a.detach()) for a in alphas]
     steps = r["epochs"] * len(sampler)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = nn.CrossEntropyLoss()
@@ -312,7 +312,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
         "loss": "cross-entropy" + ((f" + {r['alpha_decay'] / 2:g} * ||alpha||^2 (Adam weight_decay={r['alpha_decay']:g} "
                                    "on alpha)" if r["optimizer"] == "adam" else
                                    f" + {r['alpha_decay']:g} * ||alpha||^2") if alphas else ""),
-        **({"alpha_init": [round(a, 4) for a in alpha0], "alpha_final": [round(float(a), 4) for a in alphas]}
+        **({"alpha_init": [round(a, 4) for a in alpha0], "alpha_final": [round(float(a.detach()), 4) for a in alphas]}
            if alphas else {}),
         **({"init": r["init"]} if r["init"] else {}),
         "torch": torch.__version__,

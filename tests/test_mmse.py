@@ -83,3 +83,15 @@ def test_mmse_threshold_beats_max_with_the_same_neuron(trained_cnn, calib, T):
     for t, a in acts.items():
         err = lambda th: (thresholds.clip_round(a, torch.as_tensor(th), T) - a).pow(2).mean().item()
         assert err(p_mmse[t].theta) < err(p_max[t].theta), t
+
+
+def test_neuron_percentile_is_each_neurons_own_order_statistic():
+    # dni-percentile: per neuron, the k-th smallest of its B values (k = round(p/100 * B)), checked by sorting
+    z = torch.randn(200, 3, 4, 4, generator=torch.Generator().manual_seed(2)).abs()
+    s = thresholds.get("percentile", p=99.0, granularity="neuron")
+    for chunk in z.split(50):
+        s.observe(chunk)
+    th = s.compute()
+    assert th.shape == (3, 4, 4)
+    ref = z.reshape(200, -1).sort(0).values[round(0.99 * 200) - 1].reshape(3, 4, 4)
+    assert torch.equal(th, ref) and bool((th < z.max(0).values).all())
