@@ -214,6 +214,16 @@ def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset, bat
             m.alpha.fill_(max(float(levels[id(m)].compute()), 1e-2))
 
 
+def stage2_start(arch: str, init: str, train_ds: TensorDataset, batch_size: int = 128) -> nn.Module:
+    """The model stage II starts from: ``arch`` with clamp activations, the zoo's stage-I weights ``init``, and each
+    alpha at the 99.9th percentile of its input on the first five training batches (what ``--init`` does)."""
+    x0 = train_ds.tensors[0]
+    model = models.build(arch, "clamp", in_channels=int(x0.shape[1]), image_size=int(x0.shape[2]),
+                         num_classes=int(train_ds.tensors[1].max()) + 1)
+    _init_from(model, {"init": init, "out": zoo.ZOO_DIR, "arch": arch, "batch_size": batch_size}, train_ds)
+    return model.eval()
+
+
 def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
     test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
