@@ -159,10 +159,13 @@ def spikingjelly_node(p: NeuronParams, step_mode: str = "m", native: bool = True
             if v_start != 0.0:  # half-threshold firing (ttrbr Eq. 12) / v0 = theta/2 (DNISNM Sec. 4.1)
                 node.set_reset_value("v", v_start)
                 node.v = v_start
+            node.snnconv_params = p  # what the spikes are worth (analysis, energy, export)
             return node
     if native and plain and theta is not None and p.theta_neg is not None and p.fire_at == 1.0 \
             and _scalar(p.theta_neg) == theta and _scalar(p.v0) == 0.0:
-        return sj_neuron.TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+        node = sj_neuron.TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+        node.snnconv_params = p
+        return node
     return SnnconvNode(p, step_mode=step_mode, surrogate_function=sg, trainable=trainable)
 
 
@@ -170,12 +173,10 @@ def node_params(node: nn.Module) -> NeuronParams:
     """The core ``NeuronParams`` of a converted network's spiking node (ours or SpikingJelly's)."""
     if isinstance(node, SnnconvNode):
         return node.params(node.v_threshold.detach())
-    if isinstance(node, sj_neuron.TernaryIFNode):
-        return NeuronParams(theta=node.v_threshold, theta_neg=node.v_threshold)
-    if isinstance(node, sj_neuron.IFNode):
-        v = node._memories_rv["v"] if hasattr(node, "_memories_rv") else 0.0
-        return NeuronParams(theta=node.v_threshold, v0=float(v) if isinstance(v, (int, float)) else 0.0)
-    raise TypeError(f"{type(node).__name__} is not a node snnconv converts to")
+    p = getattr(node, "snnconv_params", None)
+    if p is None:
+        raise TypeError(f"{type(node).__name__} was not made by snnconv's converter")
+    return p
 
 
 STATEFUL = (base.MemoryModule,)
