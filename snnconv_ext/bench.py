@@ -38,16 +38,15 @@ FIELDS = ["model", "method", "T", "accuracy", "ann_accuracy", "spikes_per_image"
 
 def sj_convert(model: nn.Module, name: str, calib, device: Optional[torch.device] = None) -> nn.Module:
     """Convert with SpikingJelly's recipe unchanged (``RateCodingRecipe``, or ``LocalThresholdBalancingRecipe``
-    for ``sj-ltb``); return it in multi-step mode with an integrating readout for :func:`snnconv_ext.evaluate`."""
+    for ``sj-ltb``); return it in multi-step mode (per-step readout, summed by :func:`snnconv_ext.evaluate`)."""
     from spikingjelly.activation_based import ann2snn, functional
-    from snnconv_spikingjelly import IntegratorNode
 
     opts = dict(SJ_RECIPES[name])
     cls = getattr(ann2snn, opts.pop("recipe", "RateCodingRecipe"))
     recipe = cls(dataloader=calib, **opts)
     net = ann2snn.FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(model))
     functional.set_step_mode(net, "m")
-    return nn.Sequential(net, IntegratorNode())
+    return net
 
 
 def _test_set(dataset: str, n_test: Optional[int]):
