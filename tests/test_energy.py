@@ -170,3 +170,22 @@ def test_meter_refuses_sequences_of_other_lengths():
                 pass
     with pytest.raises(ValueError, match="not a multiple of T=3"):
         meter.report([3], 2)
+
+
+@pytest.mark.cuda
+def test_counts_on_cuda_equal_cpu(calib):
+    """The same converted network simulated on CUDA gives the CPU's accuracy, spikes and synaptic ops."""
+    from snnconv_ext.convert import convert
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(6 * 4 * 4, 10)).eval()
+    x, y = next(iter(calib))
+    data = torch.utils.data.TensorDataset(x[:64], y[:64])
+    res = {}
+    for dev in ("cpu", "cuda"):
+        snn = convert(ann, "percentile", calib, progress=False, device=torch.device(dev))
+        res[dev] = energy.measure(snn, data, [2, 8], device=torch.device(dev))
+    assert res["cuda"][0] == res["cpu"][0]
+    for T in (2, 8):
+        assert res["cuda"][1][T].spikes == pytest.approx(res["cpu"][1][T].spikes, rel=1e-3)
+        assert res["cuda"][1][T].total_synops == pytest.approx(res["cpu"][1][T].total_synops, rel=1e-3)
