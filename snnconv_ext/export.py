@@ -59,7 +59,7 @@ def _neuron(mod: nn.Module, where: str, shape, soft_reset: str):
     leak = getattr(mod, "leak", 1.0)
     if leak is not None and not bool((torch.as_tensor(leak) == 1).all()):
         raise ExportError(f"{where} ({kind}): leak != 1 (NIR's LIF is a continuous-time leak with hard reset)")
-    if type(mod) not in (sj.IFNode, sj.HalfThresholdIFNode) and kind != "SnnconvNode":
+    if not isinstance(mod, (sj.IFNode, sj.HalfThresholdIFNode)) and kind != "SnnconvNode":
         raise ExportError(f"{where} ({kind}): not an integrate-and-fire neuron snnconv can export")
     v_reset = getattr(mod, "v_reset", None)
     theta = torch.as_tensor(theta, dtype=torch.float32)
@@ -67,6 +67,10 @@ def _neuron(mod: nn.Module, where: str, shape, soft_reset: str):
     if isinstance(mod, sj.HalfThresholdIFNode):
         v0 = theta / 2
     v_init = v0 + (1.0 - float(getattr(mod, "fire_at", 1.0))) * theta  # fire at f*theta == start f*theta higher
+    p = getattr(mod, "snnconv_params", None)  # SpikingJelly's IFNode made by our converter: its start potential
+    if p is not None:
+        from .neuron import start_potential
+        v_init = torch.as_tensor(start_potential(p), dtype=torch.float32)
     meta = {"snnconv.fire": ">=", "snnconv.neuron": kind}
     if bool((v_init != 0).any()):
         if soft_reset == "refuse":
