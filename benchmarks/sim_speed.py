@@ -48,6 +48,14 @@ def main() -> None:
     x = data.fashion_mnist("test").tensors[0][: a.batch].to(dev)
     ours = convert(ann, "percentile", calib, progress=False, device=dev)
     sj = sj_convert(ann, "sj-99.9", calib, device=dev)
+    # one network per neuron family (issue 10: each <= 1.2x T ANN passes); signed on the stReLU twin of Net4
+    families = {"IF (percentile)": (ann, ours), "half-threshold IF (clipround)":
+                (ann, convert(ann, "clipround", calib, progress=False, device=dev)),
+                "per-neuron thresholds + scaler (dni)": (ann, convert(ann, "dni", calib, progress=False, device=dev)),
+                "signed + memory (dni+snm)": (ann, convert(ann, "dni+snm", calib, progress=False, device=dev))}
+    if a.model == "fmnist-net4":
+        st_ann = zoo.load("fmnist-net4-strelu", map_location=dev)
+        families["signed IF (strelu)"] = (st_ann, convert(st_ann, "strelu", calib, progress=False, device=dev))
 
     def run_ann():
         for _ in range(a.T):
@@ -69,8 +77,12 @@ def main() -> None:
     print(f"  T ANN forward passes   {n / t_ann:10.0f} image-steps/s")
     print(f"  snnconv (percentile)   {n / t_ours:10.0f} image-steps/s")
     print(f"  SpikingJelly recipe    {n / t_sj:10.0f} image-steps/s  (RateCodingRecipe 99.9%, multi-step)")
-    print(f"  cost relative to T ANN passes: {t_ours / t_ann:.2f}x  (goal <= 1.3x)")
-    print(f"  speed-up over SpikingJelly's converted net: {t_sj / t_ours:.2f}x  (goal >= 2x)")
+    print(f"  cost relative to T ANN passes: {t_ours / t_ann:.2f}x  (goal <= 1.2x)")
+    print(f"  speed-up over SpikingJelly's converted net: {t_sj / t_ours:.2f}x  (goal: plain IF at least as fast, >= 1/1.1)")
+    for name, (net_ann, net) in families.items():
+        t_a = best_of(lambda: [net_ann(x) for _ in range(a.T)], a.repeats, dev)
+        t_s = best_of(lambda: [None for _ in simulate_net(net, x, a.T, a.chunk)], a.repeats, dev)
+        print(f"  {name:40s} {t_s / t_a:.2f}x T ANN passes  (goal <= 1.2x)")
     # memory is bounded in T: chunked simulation holds `chunk` steps at a time, so the process's peak
     # resident memory must not grow when T is multiplied by 8
     peaks = []
