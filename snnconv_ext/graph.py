@@ -104,6 +104,7 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
 
     (methods.md "Common ground"; s = sqrt(running_var + eps)). A BN that cannot be folded is refused.
     """
+    check_finite(gm)  # an Inf running_var would fold into silent zero weights
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -142,9 +143,8 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r}"
 
 
-def _check_weights_and_sharing(gm: fx.GraphModule, method: Method) -> None:
-    """Refuse NaN/Inf parameters or buffers, and an activation module called at two places (its neuron
-    would carry one membrane state for two layers)."""
+def check_finite(gm: nn.Module) -> None:
+    """Refuse NaN/Inf parameters or buffers, naming the module, the tensor and its shape."""
     for kind, named in (("parameter", gm.named_parameters()), ("buffer", gm.named_buffers())):
         for name, t in named:
             if t.is_floating_point() and not torch.isfinite(t).all():
@@ -152,6 +152,12 @@ def _check_weights_and_sharing(gm: fx.GraphModule, method: Method) -> None:
                 bad = "NaN" if torch.isnan(t).any() else "Inf"
                 raise ConversionError(f"module {owner!r} ({type(gm.get_submodule(owner)).__name__}): {kind} {leaf!r} "
                                       f"of shape {tuple(t.shape)} contains {bad}")
+
+
+def _check_weights_and_sharing(gm: fx.GraphModule, method: Method) -> None:
+    """Refuse NaN/Inf parameters or buffers, and an activation module called at two places (its neuron
+    would carry one membrane state for two layers)."""
+    check_finite(gm)
     uses: Dict[str, List[str]] = {}
     for n in activation_nodes(gm, method):
         uses.setdefault(n.target, []).append(n.name)
