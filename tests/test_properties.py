@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snnconv_ext import graph, thresholds
-from snnconv_ext.neuron import NeuronParams, init_state, run, simulate
+from snnconv_ext.neuron import NeuronParams, init_state, run, simulate, start_potential
 from snnconv_ext.thresholds import clip_round
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -43,11 +43,11 @@ def spikes(out: torch.Tensor) -> torch.Tensor:
 
 
 def final_membrane(x: torch.Tensor, **knobs) -> tuple:
-    """(spike signs, membrane after the last step) from the core neuron."""
+    """(spike signs, membrane after the last step) from the core neuron. The core stores an unsigned neuron's
+    membrane raised by (1 - fire_at) theta (``start_potential``); the contract's v is the stored one minus that."""
     p = NeuronParams(**knobs).to(x[0])
-    state = init_state(x[0], p)
-    out = run(x, state, p)
-    return spikes(out), state.v
+    out, state = run(x, init_state(x[0], p), p)
+    return spikes(out), state.v - (start_potential(p) - p.v0)
 
 
 def reference(x: torch.Tensor, theta=1.0, fire_at=1.0, theta_neg=None, memory=False, v0=0.0, leak=1.0):
