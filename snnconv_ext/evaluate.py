@@ -110,12 +110,17 @@ def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 1
     loader = as_loader(data, batch_size)
     for x, y in tqdm(_batches(loader, device), desc=desc, disable=not progress, leave=False,
                      total=len(loader) if hasattr(loader, "__len__") else None):
+        # correct counts stay on the device; one host sync per batch, none per step
+        hits = torch.zeros(len(ts), dtype=torch.long, device=y.device)
         t0 = 0
         for out in simulate_net(snn, x, ts[-1], chunk):
-            for i in range(out.shape[0]):
-                if t0 + i + 1 in correct:
-                    correct[t0 + i + 1] += (out[i].argmax(-1) == y).sum().item()
+            rows = [k for k, t in enumerate(ts) if t0 < t <= t0 + out.shape[0]]
+            if rows:
+                steps = out[[ts[k] - t0 - 1 for k in rows]]  # [len(rows), B, classes]
+                hits[rows] += (steps.argmax(-1) == y).sum(-1)
             t0 += out.shape[0]
+        for t, c in zip(ts, hits.tolist()):
+            correct[t] += c
         total += y.shape[0]
     if total == 0:
         raise ValueError("evaluation data is empty")

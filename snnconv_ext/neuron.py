@@ -77,6 +77,12 @@ class NeuronParams:
         if not bool(torch.isfinite(torch.as_tensor(self.v0).detach()).all()):
             raise ValueError(f"v0 must be finite, got {self.v0!r}")
 
+    def _fill(self, **knobs) -> "NeuronParams":
+        """Set fields without validation (hot paths build parameters of already validated modules)."""
+        for f in fields(self):
+            object.__setattr__(self, f.name, knobs.get(f.name, f.default))
+        return self
+
     @property
     def signed(self) -> bool:
         return self.theta_neg is not None

@@ -37,7 +37,7 @@ from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, spike_values, start_potential, step, step_
 
-__all__ = ["SnnconvNode", "SeqModule", "SnnconvRecipe", "recipe_class", "recipes", "convert", "spikingjelly_node",
+__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "SnnconvRecipe", "recipe_class", "recipes", "convert", "spikingjelly_node",
            "node_params", "STATEFUL", "TRAINABLE"]
 
 # knobs a node can learn (nn.Parameter on request): SpikingJelly's name -> NeuronParams field
@@ -139,6 +139,35 @@ class SnnconvNode(sj_neuron.BaseNode):
                 f"memory={self.memory}, leak={shape(self.leak)}, step_mode={self.step_mode}")
 
 
+def _fast_multi_step(node: sj_neuron.BaseNode, x_seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+    """SpikingJelly's ``multi_step_forward`` semantics on the core's in-place loop (same spikes, same state)."""
+    states = node.materialize_states((x_seq,), tuple(node._memories.values()), "m")
+    s, st = run(x_seq, NeuronState(states[0]), p.to(x_seq[0]))
+    node._memories["v"] = st.v
+    return s
+
+
+class IFNode(sj_neuron.IFNode):
+    """SpikingJelly's ``IFNode`` (soft reset); on CPU without autograd its multi-step pass runs the core's
+    in-place loop, which gives the same spikes and is several times faster there than SpikingJelly's CPU path
+    (``benchmarks/sim_speed.py``). On CUDA, or when training, SpikingJelly's own kernels run."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=self.v_threshold))
+
+
+class TernaryIFNode(sj_neuron.TernaryIFNode):
+    """SpikingJelly's ``TernaryIFNode`` (signed soft reset), with the same CPU fast path as :class:`IFNode`."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        th = self.v_threshold
+        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=th, theta_neg=th))
+
+
 def _scalar(t) -> Optional[float]:
     t = torch.as_tensor(t)
     return float(t.reshape(-1)[0]) if t.numel() == 1 else None
@@ -155,14 +184,17 @@ def spikingjelly_node(p: NeuronParams, step_mode: str = "m", native: bool = True
     if native and plain and theta is not None and p.theta_neg is None:
         v_start = _scalar(start_potential(p))
         if v_start is not None:
-            node = sj_neuron.IFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+            node = IFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
             if v_start != 0.0:  # half-threshold firing (ttrbr Eq. 12) / v0 = theta/2 (DNISNM Sec. 4.1)
                 node.set_reset_value("v", v_start)
                 node.v = v_start
+            node.snnconv_params = p  # what the spikes are worth (analysis, energy, export)
             return node
     if native and plain and theta is not None and p.theta_neg is not None and p.fire_at == 1.0 \
             and _scalar(p.theta_neg) == theta and _scalar(p.v0) == 0.0:
-        return sj_neuron.TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+        node = TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+        node.snnconv_params = p
+        return node
     return SnnconvNode(p, step_mode=step_mode, surrogate_function=sg, trainable=trainable)
 
 
@@ -170,12 +202,10 @@ def node_params(node: nn.Module) -> NeuronParams:
     """The core ``NeuronParams`` of a converted network's spiking node (ours or SpikingJelly's)."""
     if isinstance(node, SnnconvNode):
         return node.params(node.v_threshold.detach())
-    if isinstance(node, sj_neuron.TernaryIFNode):
-        return NeuronParams(theta=node.v_threshold, theta_neg=node.v_threshold)
-    if isinstance(node, sj_neuron.IFNode):
-        v = node._memories_rv["v"] if hasattr(node, "_memories_rv") else 0.0
-        return NeuronParams(theta=node.v_threshold, v0=float(v) if isinstance(v, (int, float)) else 0.0)
-    raise TypeError(f"{type(node).__name__} is not a node snnconv converts to")
+    p = getattr(node, "snnconv_params", None)
+    if p is None:
+        raise TypeError(f"{type(node).__name__} was not made by snnconv's converter")
+    return p
 
 
 STATEFUL = (base.MemoryModule,)
