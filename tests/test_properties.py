@@ -20,7 +20,7 @@ from snnconv_ext import graph, thresholds
 from snnconv_ext.neuron import NeuronParams, init_state, run, simulate, start_potential
 from snnconv_ext.thresholds import clip_round
 
-PROPS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+PROPS = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow])
 
 thetas = st.sampled_from([0.5, 1.0, 2.0])
