@@ -276,7 +276,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     out_dir = Path(r["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
     file = out_dir / f"{r['model']}.pt"
-    torch.save(state, file)
+    zoo.save_atomic(state, file)  # temp file + rename: an interrupt never leaves a half-written checkpoint
     entry = {
         "file": file.name,
         "sha256": zoo.sha256_file(file),
