@@ -160,7 +160,6 @@ def test_bad_negative_threshold(theta_neg):
     ("percentile", {"p": float("nan")}, r"percentile p must be in \(0, 100\], got nan"),
     ("percentile", {"p": 100.5}, r"percentile p must be in \(0, 100\], got 100.5"),
     ("percentile", {"cap": 0}, "cap .* must be a positive integer, got 0"),
-    ("percentile", {"granularity": "neuron"}, "layer- or channel-wise"),
     ("max", {"granularity": "pixel"}, "granularity must be one of"),
     ("mmse", {"T": 2.5}, "MMSE needs integers T >= 1 and N >= 1 grid points, got T=2.5"),
     ("mmse", {"N": 0}, "MMSE needs integers T >= 1 and N >= 1 grid points, got T=8, N=0"),
