@@ -16,6 +16,9 @@
     residual branch);
   - ``potential`` (ACP, Eq. 22): ``v(0) += T * e`` per neuron (batch mean).
 
+  A layer whose bias/weights also reach other nodes (the skip path of TTRBR's restructured blocks) is copied
+  for the activation it drives (:func:`_owner`), so no correction leaks into the residual stream.
+
   We run ``weights`` before ``potential``: the closed-form potential fix then corrects the error that remains
   with the final weights (Algorithm 2 lists them the other way round; the paper's own code does potential
   only for CIFAR).
