@@ -268,3 +268,27 @@ def test_lambda_scaling_keeps_v0_at_the_same_fraction_of_theta():
     s0 = simulate(x, theta=theta, v0=theta / 2)
     s1 = simulate(x * lam, theta=q.theta, v0=q.v0)
     assert torch.equal(s0, s1) and s0.sum() > 0
+
+
+def test_copied_drivers_survive_spike_folding(digits):
+    # the copies calibration makes for shared drivers (restructured ResNet) are ordinary convs of the graph:
+    # folding spike values into them gives the binary-spike network the same logits as the theta-scaled form
+    from spikingjelly.activation_based import ann2snn
+    from snnconv_spikingjelly import SnnconvRecipe
+    from snnconv_ext.evaluate import simulate_net
+
+    class Recording(SnnconvRecipe):
+        def replace(self, converter, fx_model):
+            self.reference = cal.simulator(copy.deepcopy(fx_model), self.params, self.node)
+            return super().replace(converter, fx_model)
+
+    torch.manual_seed(0)
+    net = models.resnet20_pre(image_size=8).eval()
+    calib = sc.data.loader(sc.data.subset(digits[0], 64, seed=0), batch_size=32)
+    recipe = Recording(calib, method="lcp", T=4, samples=64, progress=False)
+    snn = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(net))
+    assert sum(n.target.startswith("calib_") for n in snn.graph.nodes if n.op == "call_module") == 9
+    x = digits[1].tensors[0][:16]
+    a = torch.cat(list(simulate_net(snn, x, 8, chunk=8)))
+    b = torch.cat(list(simulate_net(recipe.reference, x, 8, chunk=8)))
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
