@@ -228,7 +228,9 @@ class MMSEThreshold(PercentileThreshold):
 
     Algorithm 1's text says ClipFloor while Eq. 18 says ClipRound; ``rounding`` picks (default Eq. 18).
     The grid's top is the true maximum of everything observed; the MSE of each grid point is measured on all
-    values up to ``cap`` per group and on a seeded uniform subsample of ``cap`` beyond that.
+    values up to a budget and on a seeded uniform subsample beyond it: ``cap`` values for a layer-wise threshold,
+    ``cap`` shared by the groups (at least 4096 each) for channel- and neuron-wise ones, so that the N-point search
+    costs about the same at every granularity.
     """
 
     def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
@@ -244,6 +246,8 @@ class MMSEThreshold(PercentileThreshold):
     def observe(self, z: torch.Tensor) -> None:
         z = z.detach().float().clamp_min(0)
         top = self._groups(z).max(dim=1).values.cpu()  # the true maximum, before any subsampling
+        if self.top is None and top.numel() > 1:
+            self.cap = max(self.cap // top.numel(), 1 << 12)  # values kept per group
         self.top = top if self.top is None else torch.maximum(self.top, top)
         super().observe(z)
 
