@@ -20,7 +20,8 @@ import torch.nn as nn
 from . import thresholds as thr
 
 __all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "snn_activation", "DattaThreshold",
-           "k_mu", "h_T_mu", "delta", "BETAS", "LOSSES"]
+           "k_mu", "h_T_mu", "delta", "preactivations", "spike_counts", "operations", "BETAS", "LOSSES", "E_MAC",
+           "E_AC"]
 
 BETAS = tuple(round(0.01 * i, 2) for i in range(201))  # beta from 0 to 2 in steps of 0.01 (Algorithm 1, line 22)
 LOSSES = ("signed", "abs")
@@ -172,3 +173,97 @@ def h_T_mu(s: torch.Tensor, mu: float, T: int) -> float:
 def delta(d: torch.Tensor, s: torch.Tensor, mu: float, T: int) -> float:
     """Eq. 7: the expected post-activation difference Delta ~ mu (K(mu) - h(T, mu))."""
     return mu * (k_mu(d, mu) - h_T_mu(s, mu, T))
+
+
+@torch.no_grad()
+def preactivations(ann: nn.Module, snn: nn.Module, x: torch.Tensor, T: int) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """Per spiking layer: (d, s), the DNN pre-activation (input of the activation module) and the SNN pre-activation
+    (the spiking node's input current averaged over ``T`` steps of direct input ``x``), as in Fig. 1(a).
+    Layers are matched in order (the converter keeps the activation's place)."""
+    from spikingjelly.activation_based import functional, neuron as sj_neuron
+
+    from .graph import trace
+    from .methods import ACTIVATIONS
+    gm = trace(ann)
+    acts = [(n, m) for n, m in gm.named_modules() if isinstance(m, tuple(ACTIVATIONS))]
+    nodes = [(n, m) for n, m in snn.named_modules() if isinstance(m, sj_neuron.BaseNode)]
+    if len(acts) != len(nodes):
+        raise ValueError(f"{len(acts)} ANN activations but {len(nodes)} spiking layers: not the same network")
+    d: Dict[str, torch.Tensor] = {}
+    s: Dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: d.__setitem__(n, a[0].detach().clone())) for n, m in acts]
+    hooks += [m.register_forward_pre_hook(lambda m, a, n=n: s.__setitem__(n, a[0].detach().mean(0)))
+              for n, m in nodes]
+    try:
+        gm(x)
+        functional.reset_net(snn)
+        snn(x.unsqueeze(0).expand(T, *x.shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {na: (d[na], s[nn_]) for (na, _), (nn_, _) in zip(acts, nodes)}
+
+
+@torch.no_grad()
+def spike_counts(snn: nn.Module, x: torch.Tensor, T: int) -> Dict[str, Tuple[float, int]]:
+    """Per spiking layer: (average spikes per neuron per image over ``T`` steps, neurons per image), counted as
+    nonzero node outputs with hooks (Datta Sec. VI-A, Fig. 4a)."""
+    from spikingjelly.activation_based import functional, neuron as sj_neuron
+    out: Dict[str, Tuple[float, int]] = {}
+    nodes = [(n, m) for n, m in snn.named_modules() if isinstance(m, sj_neuron.BaseNode)]
+
+    def hook(m, a, y, n):
+        per_image = y[0].numel() // y.shape[1] if y.dim() > 1 else 1
+        out[n] = (float((y != 0).sum()) / (y.shape[1] * per_image), per_image)
+    hooks = [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in nodes]
+    try:
+        functional.reset_net(snn)
+        snn(x.unsqueeze(0).expand(T, *x.shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+E_MAC, E_AC = 3.2, 0.1  # pJ, 45 nm CMOS at 0.9 V, 32-bit integers (Datta & Beerel Sec. VI-B, after Horowitz 2014)
+
+
+def _macs(m: nn.Module, out_shape: Tuple[int, ...]) -> int:
+    """Multiply-accumulates of one conv/linear layer for one image with output shape ``out_shape`` ([C, ...])."""
+    if isinstance(m, nn.Linear):
+        return m.in_features * m.out_features
+    k = math.prod(m.kernel_size)
+    return math.prod(out_shape) * (m.in_channels // m.groups) * k
+
+
+@torch.no_grad()
+def operations(snn: nn.Module, x: torch.Tensor, T: int, e_mac: float = E_MAC, e_ac: float = E_AC) -> List[Dict]:
+    """Per conv/linear layer of a converted network, per image: the DNN's MACs and the SNN's operations for ``T`` steps
+    of direct input (Datta Sec. VI-B): the first layer gets the analog image, MACs at every step; a later layer does
+    one accumulate per incoming spike and synapse, i.e. its MACs times the average number of spikes per input neuron.
+    Energies use E_MAC = 3.2 pJ and E_AC = 0.1 pJ by default."""
+    from spikingjelly.activation_based import functional
+    rows: List[Dict] = []
+    wrapped = [(n, m) for n, m in snn.named_modules()
+               if isinstance(getattr(m, "module", None), (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    if not wrapped:
+        raise ValueError("operations: no multi-step conv/linear layers found (pass a converted SpikingJelly network)")
+
+    def hook(m, a, y, name):
+        inp = a[0]
+        macs = _macs(m.module, tuple(y.shape[2:]))  # y is [T, B, C, ...]
+        first = not rows
+        events = T if first else float((inp != 0).float().mean()) * T  # spikes per input neuron over T steps
+        rows.append({"layer": name, "dnn_macs": macs, "snn_ops": macs * events, "kind": "MAC" if first else "AC",
+                     "spikes_per_input": None if first else events})
+    hooks = [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in wrapped]
+    try:
+        functional.reset_net(snn)
+        snn(x.unsqueeze(0).expand(T, *x.shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    for r in rows:
+        r["dnn_energy_pj"] = r["dnn_macs"] * e_mac
+        r["snn_energy_pj"] = r["snn_ops"] * (e_mac if r["kind"] == "MAC" else e_ac)
+    return rows
