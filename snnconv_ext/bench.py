@@ -32,15 +32,14 @@ SJ_RECIPES: Dict[str, Dict] = {
 
 
 def sj_convert(model: nn.Module, name: str, calib) -> nn.Module:
-    """Convert with SpikingJelly's ``RateCodingRecipe`` unchanged; return it in multi-step mode with an
-    integrating readout so it plugs into :func:`snnconv_ext.evaluate`."""
+    """Convert with SpikingJelly's ``RateCodingRecipe`` unchanged, in multi-step mode; its per-step readout is
+    summed over time by :func:`snnconv_ext.evaluate.simulate_net`, as for our networks."""
     from spikingjelly.activation_based import ann2snn, functional
-    from snnconv_spikingjelly import IntegratorNode
 
     recipe = ann2snn.RateCodingRecipe(dataloader=calib, **SJ_RECIPES[name])
     net = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(model))
     functional.set_step_mode(net, "m")
-    return nn.Sequential(net, IntegratorNode())
+    return net
 
 
 def _test_set(dataset: str, n_test: Optional[int]):

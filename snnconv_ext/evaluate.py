@@ -42,17 +42,36 @@ def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what:
         raise ValueError(f"{what} contains NaN")
 
 
+def _step_mode(snn: nn.Module) -> str:
+    """``"s"`` for a single-step network (snnTorch, or SpikingJelly set to ``"s"``), else ``"m"``."""
+    mode = getattr(snn, "step_mode", None)
+    if mode is None:
+        modes = {getattr(m, "step_mode") for m in snn.modules() if isinstance(getattr(m, "step_mode", None), str)}
+        mode = "s" if modes == {"s"} else "m"
+    return mode
+
+
 @torch.no_grad()
 def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Iterator[torch.Tensor]:
-    """Yield the network's outputs ``[c, B, ...]`` chunk by chunk for ``T`` steps of direct input ``x``."""
+    """Yield the accumulated readout ``[c, B, ...]`` (sum of the output layer's current over the steps so far)
+    chunk by chunk for ``T`` steps of direct input ``x``. The network itself returns each step's current, as
+    SpikingJelly's recipes do; single-step networks (snnTorch, ``step_mode="s"``) are stepped one by one."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     check_input(x, getattr(snn, "meta", {}).get("input_shape"))
     reset(snn)
+    single = _step_mode(snn) == "s"
+    total = None
     done = 0
     while done < T:
         c = min(chunk, T - done)
-        yield snn(x.unsqueeze(0).expand(c, *x.shape))
+        if single:
+            out = torch.stack([snn(x) for _ in range(c)])
+        else:
+            out = snn(x.unsqueeze(0).expand(c, *x.shape))
+        out = out.cumsum(0) if total is None else out.cumsum(0) + total
+        total = out[-1]
+        yield out
         done += c
 
 

@@ -125,8 +125,9 @@ register(Method("dni", "DNI: per-neuron maximum activation as threshold, v0 = th
                 reference="Wang et al. 2024, Sec. 4.1"))
 register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (Eqs. 19-23).",
                 threshold="max", signed=True, memory=True, reference="Wang et al. 2024, Sec. 4.2"))
-register(Method("dni+snm", "DNISNM: per-neuron max thresholds, v0 = theta/2, signed neuron with memory (Algorithm 1).",
-                threshold="max", threshold_options={"granularity": "neuron"}, v0="half", signed=True, memory=True,
+register(Method("dni+snm", "DNISNM: per-neuron max thresholds, signed neuron with memory firing at +-theta/2 (the "
+                "theta/2 start of Algorithm 1 applied to both signs, so the leftover window is [-theta/2, theta/2)).",
+                threshold="max", threshold_options={"granularity": "neuron"}, fire_at=0.5, signed=True, memory=True,
                 reference="Wang et al. 2024, Algorithm 1"))
 
 
