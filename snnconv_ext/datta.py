@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import thresholds as thr
 
 __all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "snn_activation", "DattaThreshold",
-           "k_mu", "h_T_mu", "delta", "preactivations", "spike_counts", "operations", "BETAS", "LOSSES", "E_MAC",
+           "k_mu", "h_T_mu", "delta", "layer_percentiles", "preactivations", "spike_counts", "operations", "BETAS", "LOSSES", "E_MAC",
            "E_AC"]
 
 BETAS = tuple(round(0.01 * i, 2) for i in range(201))  # beta from 0 to 2 in steps of 0.01 (Algorithm 1, line 22)
@@ -115,7 +115,7 @@ class DattaThreshold(thr.PercentileThreshold):
     ``{"amplitude": beta}`` and :attr:`result` the (mu, alpha, beta, loss) found.
     """
 
-    def __init__(self, T: int = 2, granularity: str = "layer", loss: str = "signed", cap: int = 1 << 22,
+    def __init__(self, T: int = 2, granularity: str = "layer", loss: str = "signed", cap: int = 1 << 20,
                  seed: int = 0) -> None:
         if granularity != "layer":
             raise ValueError("the datta strategy is layer-wise (one alpha, beta per layer, Sec. III-B)")
@@ -173,6 +173,34 @@ def h_T_mu(s: torch.Tensor, mu: float, T: int) -> float:
 def delta(d: torch.Tensor, s: torch.Tensor, mu: float, T: int) -> float:
     """Eq. 7: the expected post-activation difference Delta ~ mu (K(mu) - h(T, mu))."""
     return mu * (k_mu(d, mu) - h_T_mu(s, mu, T))
+
+
+@torch.no_grad()
+def layer_percentiles(ann: nn.Module, x: torch.Tensor, cap: int = 1 << 20) -> Dict[str, Tuple[float, torch.Tensor]]:
+    """Per activation layer of ``ann``: (mu, P), mu its trained threshold (or, for ReLU, the largest pre-activation
+    on ``x``) and P the percentiles of its ReLU'd pre-activations up to mu (Algorithm 1's input)."""
+    from .graph import trace
+    from .methods import ACTIVATIONS
+    gm = trace(ann)
+    acts = [(n, m) for n, m in gm.named_modules() if isinstance(m, tuple(ACTIVATIONS))]
+    rec: Dict[str, torch.Tensor] = {}
+
+    def keep(n, z):
+        z = z.detach().clamp_min(0).flatten()
+        if z.numel() > cap:  # a seeded uniform subsample leaves the percentiles unbiased
+            z = z[torch.randperm(z.numel(), generator=torch.Generator().manual_seed(0))[:cap]]
+        rec[n] = z
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: keep(n, a[0])) for n, m in acts]
+    try:
+        gm(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n, m in acts:
+        mu = float(m.bound) if hasattr(m, "bound") else float(rec[n].max())
+        out[n] = (mu, percentiles(rec[n], mu))
+    return out
 
 
 @torch.no_grad()
