@@ -142,6 +142,15 @@ def _project(nodes: Iterable[nn.Module]) -> None:
                 lk.clamp_(0.0, 1.0)
 
 
+def _elapsed(t0: float, distributed: bool, device: torch.device) -> float:
+    """Seconds since ``t0``; under DDP rank 0's clock, so every process stops at the same batch."""
+    el = torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
+                      device=device if device.type == "cuda" else "cpu")
+    if distributed:
+        dist.broadcast(el, 0)
+    return float(el)
+
+
 def _save_atomic(state: dict, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
@@ -151,10 +160,11 @@ def _save_atomic(state: dict, path: Path) -> None:
 def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float = 1e-4, batch_size: int = 64,
              threshold_lr: Optional[float] = None, trainable: Sequence[str] = ("v_threshold", "leak"),
              surrogate: str = "datta", checkpoint: Optional[Union[str, Path]] = None, resume: bool = False,
-             max_batches: Optional[int] = None, seed: int = 0, progress: bool = True,
-             device: Optional[torch.device] = None) -> Dict:
+             max_batches: Optional[int] = None, max_seconds: Optional[float] = None, seed: int = 0,
+             progress: bool = True, device: Optional[torch.device] = None) -> Dict:
     """Fine-tune a converted network in place for ``T`` steps with cross-entropy on the mean readout (Adam, ``lr``;
-    thresholds/leak at ``threshold_lr``, default 10*lr). Returns {"loss": [per epoch], "seconds": ..., ...}.
+    thresholds/leak at ``threshold_lr``, default lr). ``max_seconds`` ends training when that much time has passed
+    (the interrupted epoch then counts as done in the checkpoint). Returns {"loss": [per epoch], "seconds": ..., ...}.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes ``batch_size / world`` images of every global batch.
     """
@@ -178,7 +188,7 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     weights = [p for p in snn.parameters() if id(p) not in knob_ids]
     knobs = [p for p in snn.parameters() if id(p) in knob_ids]
     opt = torch.optim.Adam([{"params": weights, "lr": lr},
-                            {"params": knobs, "lr": threshold_lr if threshold_lr is not None else 10 * lr}])
+                            {"params": knobs, "lr": threshold_lr if threshold_lr is not None else lr}])
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
@@ -192,6 +202,7 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
                                                     broadcast_buffers=False)
     t0 = time.perf_counter()
     snn.train()
+    batches_done, stopped = 0, False
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
         total, seen = 0.0, 0
@@ -201,6 +212,9 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
         for i, (x, y) in enumerate(bar):
             if max_batches is not None and i >= max_batches:
                 break
+            if max_seconds is not None and _elapsed(t0, distributed, device) > max_seconds:
+                stopped = True
+                break
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(logits(model, x, T), y)
             opt.zero_grad(set_to_none=True)
@@ -209,14 +223,18 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
             _project(nodes)
             total += loss.item() * len(y)
             seen += len(y)
+            batches_done += 1
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         history.append(total / max(seen, 1))
         if ckpt is not None and rank == 0:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"model": snn.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                           "loss": history, "T": T}, ckpt)
+        if stopped:
+            break
     snn.eval()
     return {"loss": history, "seconds": time.perf_counter() - t0, "T": T, "world_size": world,
+            "batches": batches_done, "stopped_by_time": stopped,
             "thresholds": {n: m.v_threshold.detach().flatten()[:1].item() for n, m in spiking_nodes(snn).items()},
             "leaks": {n: float(torch.as_tensor(m.leak).detach().flatten()[0]) for n, m in spiking_nodes(snn).items()}}
 
@@ -230,9 +248,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--T", type=int, default=2, help="time steps for conversion, training and evaluation")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the weights")
-    parser.add_argument("--threshold-lr", type=float, default=None, help="of thresholds and leak (default 10*lr)")
+    parser.add_argument("--threshold-lr", type=float, default=None, help="of thresholds and leak (default: --lr)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch (split over torchrun processes)")
     parser.add_argument("--max-batches", type=int, default=None, help="batches per epoch (default: all)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop fine-tuning after this many minutes")
     parser.add_argument("--calib", type=int, default=1024, help="calibration images (training set)")
     parser.add_argument("--test", type=int, default=None, help="test images to evaluate (default: all)")
     parser.add_argument("--out", default="finetune-out", help="directory for checkpoint.pt and result.json")
@@ -275,8 +294,10 @@ def run(args) -> Dict:
         res["accuracy_converted"] = evaluate(snn, test, timesteps=[args.T], progress=show)[args.T]
     info = finetune(snn, train, T=args.T, epochs=args.epochs, lr=args.lr, threshold_lr=args.threshold_lr,
                     batch_size=args.batch_size, checkpoint=out / "checkpoint.pt", resume=args.resume,
-                    max_batches=args.max_batches, seed=args.seed, progress=show, device=device)
+                    max_batches=args.max_batches, seed=args.seed, progress=show, device=device,
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     res.update(finetune_seconds=info["seconds"], loss=info["loss"], world_size=info["world_size"],
+               batches=info["batches"], batch_size=args.batch_size, lr=args.lr, stopped_by_time=info["stopped_by_time"],
                thresholds=info["thresholds"], leaks=info["leaks"])
     if rank == 0:
         res["accuracy_finetuned"] = evaluate(snn, test, timesteps=[args.T], progress=show)[args.T]
