@@ -163,7 +163,7 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
              max_batches: Optional[int] = None, max_seconds: Optional[float] = None, seed: int = 0,
              progress: bool = True, device: Optional[torch.device] = None) -> Dict:
     """Fine-tune a converted network in place for ``T`` steps with cross-entropy on the mean readout (Adam, ``lr``;
-    thresholds/leak at ``threshold_lr``, default lr). ``max_seconds`` ends training when that much time has passed
+    thresholds/leak at ``threshold_lr``, default lr; dropout layers stay off). ``max_seconds`` ends training when that much time has passed
     (the interrupted epoch then counts as done in the checkpoint). Returns {"loss": [per epoch], "seconds": ..., ...}.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes ``batch_size / world`` images of every global batch.
@@ -202,6 +202,9 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
                                                     broadcast_buffers=False)
     t0 = time.perf_counter()
     snn.train()
+    for m in snn.modules():  # dropout stays off: SeqModule would draw a new mask at every step
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
     batches_done, stopped = 0, False
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
