@@ -93,3 +93,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert any(not torch.allclose(v, untrained[k]) for k, v in ref.items() if k in untrained)  # it did train
     for k, v in ref.items():
         assert torch.allclose(v, two[k], atol=1e-5), k
+
+
+def test_cli_has_finetune(capsys):
+    from snnconv_ext.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--help"])
+    assert e.value.code == 0 and "--max-minutes" in capsys.readouterr().out
