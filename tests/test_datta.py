@@ -163,3 +163,15 @@ def test_datta_refusals():
     with pytest.raises(ValueError, match="layer-wise"):
         sc.convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval(), "datta", _calib((4,)),
                    progress=False, granularity="channel")
+
+
+def test_datta_nets_by_hand():
+    from snnconv_ext import models
+    net = models.build("net4_datta", "threshold_relu")
+    # 32c5 (1*32*25) + 64c5 (32*64*25) + 1024*1024 + 1024*10 weights, no biases, plus one mu per activation
+    assert sum(p.numel() for p in net.parameters()) == 800 + 51200 + 1048576 + 10240 + 3
+    for m in (net, models.build("vgg_datta", "threshold_relu")):
+        layers = [l for l in m.modules() if isinstance(l, (nn.Conv2d, nn.Linear))]
+        assert all(l.bias is None for l in layers) and not any(isinstance(l, nn.BatchNorm2d) for l in m.modules())
+        assert sum(isinstance(l, nn.MaxPool2d) for l in m.modules()) >= 2
+        assert sum(isinstance(l, ThresholdReLU) for l in m.modules()) == len(layers) - 1
