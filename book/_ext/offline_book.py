@@ -4,6 +4,8 @@
   (``MATHJAX_DIR`` overrides where it is looked for).
 * Disables tqdm in the kernels that execute the chapters (``TQDM_DISABLE=1`` reaches libraries, such as
   SpikingJelly's recipes, that do not pass ``disable`` themselves).
+* Records each cell's start and end in the cached notebooks (nbclient's ``record_timing``, which
+  jupyter-cache switches off), so ``.ci/book_report.py`` can list the slow cells.
 * After the build, warns (so ``jupyter-book build -W`` fails) on any page or stylesheet that loads a
   resource from outside the build, on tqdm progress text and on traceback output in a page.
 """
@@ -30,7 +32,8 @@ LOADING_ATTRS = {"script": "src", "link": "href", "img": "src", "iframe": "src",
                  "video": "src", "audio": "src", "embed": "src", "object": "data", "track": "src"}
 EXTERNAL = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.I)   # http://, https://, //host, ftp://
 CSS_URL = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])\s*((?:[a-z][a-z0-9+.-]*:)?//[^'")\s]+)""", re.I)
-TQDM_TEXT = re.compile(r"\d{1,3}%\|[^|<\n]{0,120}\|\s*\d+/\d*")
+CELL_SECONDS = "snnconv_cell_seconds"      # notebook metadata key (not hashed by jupyter-cache)
+TQDM_TEXT = re.compile(r"\d{1,3}%\|[█▏▎▍▌▋▊▉#0-9 ]{0,120}\|\s*\d+/\d*")   # " 40%|████      | 20/50"
 
 
 class _Loads(HTMLParser):
@@ -112,7 +115,36 @@ def check_output(app: Sphinx, exc: Exception | None) -> None:
             logger.warning(f"{css.relative_to(out)} loads {url} from the network")
 
 
+def _record_cell_timing() -> None:
+    """Make myst-nb's cache executor record each cell's run time in ``nb.metadata[CELL_SECONDS]``."""
+    from datetime import datetime
+
+    from myst_nb.core.execute import cache
+
+    run = cache.single_nb_execution
+    if getattr(run, "records_timing", False):
+        return
+
+    def seconds(cell) -> float | None:
+        t = cell.get("metadata", {}).pop("execution", {})    # cell metadata is hashed: keep it unchanged
+        start, end = t.get("iopub.execute_input"), t.get("shell.execute_reply")
+        if not (start and end):
+            return None
+        return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+
+    def timed(nb, *args, **kwargs):
+        kwargs.setdefault("record_timing", True)
+        result = run(nb, *args, **kwargs)
+        nb.metadata[CELL_SECONDS] = [seconds(c) if c.cell_type == "code" else None for c in nb.cells]
+        return result
+
+    timed.records_timing = True
+    cache.single_nb_execution = timed
+
+
 def setup(app: Sphinx) -> dict:
     os.environ.setdefault("TQDM_DISABLE", "1")           # inherited by the kernels that run the chapters
+    _record_cell_timing()
     app.connect("build-finished", check_output)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
