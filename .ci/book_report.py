@@ -9,8 +9,11 @@ up-to-date run, so `make book` fails with the chapter and cell named.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
+import warnings
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from jupyter_cache import get_cache
 ROOT = Path(__file__).resolve().parents[1]
 CELL_SECONDS = "snnconv_cell_seconds"          # written by book/_ext/offline_book.py
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+warnings.filterwarnings("ignore", message="Cell is missing an id field")     # nbformat, on older chapters
 
 
 def toc_notebooks(root: Path) -> list[Path]:
@@ -31,11 +35,19 @@ def toc_notebooks(root: Path) -> list[Path]:
 
 
 def failing_cell(nb, tb: str) -> int | None:
-    """Index of the cell quoted between the dashed lines of nbclient's error or timeout message."""
+    """Index of the cell quoted between the dashed lines of nbclient's error or timeout message (the timeout
+    preview shows the cell's first and last lines as Python lists of strings)."""
     m = re.search(r"-{10,}\n(.*?)\n-{10,}", tb, re.S)
     if not m:
         return None
-    lines = [ln for ln in m.group(1).splitlines() if ln.strip() and ln.strip() != "..."][:3]
+    lines = []
+    for ln in m.group(1).splitlines():
+        if ln.strip().startswith("[") and ln.strip().endswith("]"):
+            with suppress(ValueError, SyntaxError):
+                lines.extend(str(x) for x in ast.literal_eval(ln.strip()))
+                continue
+        lines.append(ln)
+    lines = [ln for ln in lines if ln.strip() and ln.strip() != "..."][:3]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and lines and all(ln in cell.source for ln in lines):
             return i

@@ -54,8 +54,9 @@ def test_report_names_the_failing_cell(report):
                                          nbformat.v4.new_code_cell("y = 2\nassert x == y, 'claim'")])
     error = ("nbclient.exceptions.CellExecutionError: An error occurred while executing the following cell:\n"
              "------------------\ny = 2\nassert x == y, 'claim'\n------------------\n\nAssertionError: claim")
-    timeout = ("nbclient.exceptions.CellTimeoutError: A cell timed out while it was being executed\n"
-               "Here is a preview of the cell contents:\n-------------------\nx = 1\n-------------------\n")
+    timeout = ("nbclient.exceptions.CellTimeoutError: A cell timed out while it was being executed, after 900 "
+               "seconds.\nHere is a preview of the cell contents:\n-------------------\n"
+               "['y = 2', \"assert x == y, 'claim'\"]\n-------------------\n")           # nbclient 0.11's format
     assert report.failing_cell(nb, error) == 2
-    assert report.failing_cell(nb, timeout) == 1
+    assert report.failing_cell(nb, timeout) == 2
     assert report.failing_cell(nb, "KeyboardInterrupt") is None
