@@ -96,6 +96,11 @@ setTimeout(() => done('MathJax still typesetting after 100 s'), 100000);
 })();
 """
 
+DECODE_IMAGES = """
+const done = arguments[arguments.length - 1];
+Promise.all([...document.images].map(i => i.decode().catch(() => null))).then(() => done(true));
+"""
+
 INSPECT = """
 const out = {raw_math: [], math_errors: [], bad_images: [], tracebacks: [], stderr: [], urls: []};
 for (const el of document.querySelectorAll('.math')) {
@@ -132,10 +137,13 @@ def test_page_offline(browser, page):
 
     if page in chapters():
         SHOTS.mkdir(parents=True, exist_ok=True)
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": 1280, "height": min(height, 30000), "scale": 1}})
+        browser.execute_async_script(DECODE_IMAGES)
+        height = min(browser.execute_script("return document.documentElement.scrollHeight"), 30000)
+        # the whole page as the viewport, so that every figure is painted (not only the first screen)
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         (SHOTS / (page.replace("/", "_")[:-5] + ".png")).write_bytes(base64.b64decode(shot["data"]))
 
     assert mathjax in ("no maths", "typeset"), f"{page}: {mathjax}"
