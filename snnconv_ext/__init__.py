@@ -20,6 +20,6 @@ __all__ = ["convert", "evaluate", "ann_accuracy", "methods", "Method", "simulate
 
 def __getattr__(name):  # lazy submodules: data, models, zoo, thresholds, graph, neuron
     import importlib
-    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis"}:
+    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis", "export"}:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)

@@ -22,20 +22,18 @@ import torch.nn as nn
 from . import graph
 from .calibrate import ann_activations, quantize
 from .evaluate import as_loader, simulate_net
-from .neuron import NeuronParams
+from .neuron import NeuronParams, value
 
 __all__ = ["layer_report", "spiking_layers", "plot_layers"]
 
 
 def _params_of(mod: nn.Module, like: torch.Tensor) -> Optional[NeuronParams]:
+    """The core parameters of a converted network's spiking module: its own ``params`` (snnconv nodes), or
+    the ``snnconv_params`` the converter attached to SpikingJelly's ``IFNode``/``TernaryIFNode``."""
     if hasattr(mod, "params") and callable(mod.params):
         return mod.params(like)
-    if isinstance(mod, nn.Sequential) and len(mod) == 3 and hasattr(mod[1], "params"):  # Scale, unit node, Scale
-        unit, theta = mod[1].params(like), mod[2].factor.to(like)
-        return NeuronParams(theta=theta, fire_at=unit.fire_at, v0=torch.as_tensor(unit.v0) * theta,
-                            theta_neg=None if unit.theta_neg is None else unit.theta_neg * theta,
-                            memory=unit.memory, amplitude=unit.amplitude, leak=unit.leak).to(like)
-    return None
+    p = getattr(mod, "snnconv_params", None)
+    return None if p is None else p.to(like)
 
 
 def spiking_layers(snn: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:
@@ -48,6 +46,13 @@ def spiking_layers(snn: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]
             raise ValueError(f"the converted network has no spiking layer {n!r}: was it converted from this ANN?")
         out[n] = m
     return out
+
+
+def _valued(mod: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    p = _params_of(mod, s)
+    if p is None:
+        raise ValueError(f"{type(mod).__name__} carries no snnconv neuron parameters: was it converted by snnconv?")
+    return value(s, p)
 
 
 class _Acc:
@@ -90,7 +95,9 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
         x = x[: max_images - seen]
         ann_out, _ = ann_activations(gm, acts, x)
         accs = {t: _Acc() for t in acts}
-        hooks = [layers[t].register_forward_hook(lambda m, i, o, t=t: accs[t].add(i[0], o)) for t in acts]
+        # what each layer hands on: its binary spikes times their value (amplitude * theta)
+        hooks = [layers[t].register_forward_hook(lambda m, i, o, t=t: accs[t].add(i[0], _valued(m, o)))
+                 for t in acts]
         for _ in simulate_net(snn, x, T, chunk):
             pass
         for h in hooks:
@@ -118,7 +125,8 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
             var = (a.z2 / T - zbar.pow(2)).clamp_min(0) * T / max(T - 1, 1)  # sample variance over time
             s["vmax"] = max(s["vmax"], float(var.max()))
             flat = var.flatten()
-            s["var"].append(flat[torch.randperm(flat.numel(), device=flat.device)[:50000]].cpu())
+            gen = torch.Generator().manual_seed(len(s["var"]))  # a reproducible subsample of the variances
+            s["var"].append(flat.cpu()[torch.randperm(flat.numel(), generator=gen)[:50000]])
             s["n"] += xa.numel()
         seen += x.shape[0]
         if seen >= max_images:

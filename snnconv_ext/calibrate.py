@@ -21,7 +21,9 @@
   only for CIFAR).
 * :func:`synthesize_inputs`: data-free calibration images inverted from the ANN's BN statistics (Sec. 5.7).
 
-Everything here uses the core neuron (``neuron.run``); no backend is imported.
+Every simulation here runs the backend's own spiking modules (the ``node`` factory a recipe passes: the nodes
+of the converted network, default :class:`~snnconv_ext.neuron.CoreNode`), each followed by a ``graph.Scale`` by
+what its spikes are worth; no backend is imported and there is no second neuron loop.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import copy
 import operator
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,30 +41,29 @@ from tqdm.auto import tqdm
 
 from . import graph
 from .methods import Method
-from .neuron import NeuronParams, init_state, run
+from .evaluate import reset
+from .neuron import CoreNode, NeuronParams, spike_values, value
 
-__all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "MultiStepNeuron", "LayerReport",
+NodeFactory = Callable[[NeuronParams], nn.Module]
+
+__all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "valued_node", "LayerReport",
            "collect", "quantize", "synthesize_inputs", "ann_activations", "PASSES"]
 
 PASSES = ("bias", "weights", "potential", "readout")
 _ADD = {operator.add, torch.add, operator.iadd}
 
 
-def _run(z: torch.Tensor, p: NeuronParams) -> torch.Tensor:
-    """The core neuron over a whole window ``z`` of shape ``[T, ...]`` from a fresh state."""
-    pp = p.to(z[0])
-    return run(z, init_state(z[0], pp), pp)
+def valued_node(p: NeuronParams, node: Optional[NodeFactory] = None) -> nn.Module:
+    """The backend's spiking module for ``p`` followed by what its spikes are worth (the theta-scaled form)."""
+    return nn.Sequential((node or CoreNode)(p), graph.Scale(*spike_values(p)))
 
 
-class MultiStepNeuron(nn.Module):
-    """The core neuron on a whole window ``[T, B, ...]``, from a fresh state at every call (reference simulator)."""
-
-    def __init__(self, params: NeuronParams) -> None:
-        super().__init__()
-        self.p = params
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return _run(z, self.p)
+def _run(z: torch.Tensor, p: NeuronParams, node: Optional[NodeFactory] = None) -> torch.Tensor:
+    """Binary spikes of the backend's node for ``p`` over a whole window ``z`` ``[T, ...]`` from a fresh state."""
+    m = (node or CoreNode)(p).to(z.device)
+    if hasattr(m, "reset"):
+        m.reset()
+    return m(z)
 
 
 def _multistep_copy(gm: fx.GraphModule, replace_by: Dict[str, nn.Module]) -> fx.GraphModule:
@@ -74,10 +75,12 @@ def _multistep_copy(gm: fx.GraphModule, replace_by: Dict[str, nn.Module]) -> fx.
     return graph.to_multistep(sim, tuple({type(m) for m in replace_by.values()}))
 
 
-def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams]) -> fx.GraphModule:
-    """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by the core neuron.
-    It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for the logits)."""
-    return _multistep_copy(gm, {t: MultiStepNeuron(p) for t, p in params.items()})
+def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams], node: Optional[NodeFactory] = None
+              ) -> fx.GraphModule:
+    """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by the backend's node
+    and its spike value. It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for
+    the logits); reset it (``evaluate.reset``) before each new input."""
+    return _multistep_copy(gm, {t: valued_node(p, node) for t, p in params.items()})
 
 
 def collect(data: Iterable, n: int, device: torch.device, what: str = "calibration data"
@@ -112,6 +115,7 @@ def _snn_accuracy(sim: nn.Module, x: torch.Tensor, labels: torch.Tensor, T: int,
     ok = 0
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
+        reset(sim)
         out = sim(xb.unsqueeze(0).expand(T, *xb.shape)).sum(0)
         ok += (out.argmax(-1) == labels[i:i + batch]).sum().item()
     return 100.0 * ok / x.shape[0]
@@ -119,7 +123,8 @@ def _snn_accuracy(sim: nn.Module, x: torch.Tensor, labels: torch.Tensor, T: int,
 
 @torch.no_grad()
 def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.Tensor, labels: Optional[torch.Tensor],
-                 T: int, grid: Iterable[float], progress: bool = False) -> Tuple[float, Dict[float, float]]:
+                 T: int, grid: Iterable[float], progress: bool = False, node: Optional[NodeFactory] = None
+                 ) -> Tuple[float, Dict[float, float]]:
     """Pick lambda from ``grid`` by the SNN's accuracy at ``T`` on ``x`` (TTRBR Sec. 5.5: "several batches").
 
     Without labels the ANN's own predictions are the labels (agreement with the ANN). Ties go to the lambda
@@ -129,7 +134,7 @@ def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.T
         labels = graph.run_ann(gm, x).argmax(-1)
     scores = {}
     for lam in tqdm(list(grid), desc=f"lambda search T={T}", disable=not progress, leave=False):
-        sim = simulator(gm, _scaled(params, float(lam)))
+        sim = simulator(gm, _scaled(params, float(lam)), node)
         scores[float(lam)] = _snn_accuracy(sim, x, labels, T)
     best = max(scores.values())
     lam = min((l for l, a in scores.items() if a == best), key=lambda l: (abs(l - 1.0), l))
@@ -234,8 +239,8 @@ class _Capture(nn.Module):
 
 
 class _Engine:
-    def __init__(self, gm, params, ann_out, owners, passes, T, opts, progress):
-        self.gm, self.params, self.ann, self.owners = gm, params, ann_out, owners
+    def __init__(self, gm, params, ann_out, owners, passes, T, opts, progress, node=None):
+        self.gm, self.params, self.ann, self.owners, self.node = gm, params, ann_out, owners, node
         self.passes, self.T, self.opts = passes, T, opts
         self.store: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.reports: List[LayerReport] = []
@@ -245,12 +250,12 @@ class _Engine:
     def layer(self, target: str, z: torch.Tensor) -> torch.Tensor:
         if target not in self.owners:  # readout-only calibration: the layer just runs
             self.bar.update(1)
-            return _run(z, self.params[target])
+            return self.run(z, self.params[target])
         t0 = time.perf_counter()
         p, x = self.params[target], self.ann[target]
         owner_t = self.owners[target]
         owner = self.gm.get_submodule(owner_t)
-        s_bar = _run(z, p).mean(0)
+        s_bar = self.run(z, p).mean(0)
         rel0, mean0 = _rel(x, s_bar), float(_channel_mean(x - s_bar).abs().mean())
         loss0 = loss1 = None
         z0 = z
@@ -261,18 +266,18 @@ class _Engine:
                 d = _channel_mean(x - s_bar)
                 owner.bias.data += d
                 z = z + _as_channel(d, x.dim() - 1)
-                s_bar = _run(z, p).mean(0)
+                s_bar = self.run(z, p).mean(0)
         if "weights" in self.passes:  # ACP weight calibration (Eqs. 23-24)
             s_in, y = self.store.pop(owner_t)
             rest = z0 - y  # current not produced by the owner (a residual shortcut), per step
             loss0, loss1 = self._fit_weights(owner, s_in.mean(0), rest.mean(0), x, p)
             z = graph.SeqModule(owner)(s_in) + rest
-            s_bar = _run(z, p).mean(0)
+            s_bar = self.run(z, p).mean(0)
         if "potential" in self.passes:  # ACP potential calibration: v(0) := T * e (Eq. 22), batch mean
             e = (x - s_bar).mean(0)
             p = replace(p, v0=torch.as_tensor(p.v0, dtype=e.dtype, device=e.device) + self.T * e)
             self.params[target] = p
-        out = _run(z, p)
+        out = self.run(z, p)
         s_bar = out.mean(0)
         self.reports.append(LayerReport(target, owner_t, rel0, _rel(x, s_bar), mean0,
                                         float(_channel_mean(x - s_bar).abs().mean()), loss0, loss1,
@@ -280,6 +285,10 @@ class _Engine:
         self.store.pop(owner_t, None)
         self.bar.update(1)
         return out
+
+    def run(self, z: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+        """What the backend's node for ``p`` hands on over the window ``z``: spikes times their value."""
+        return value(_run(z, p, self.node), p)
 
     def _fit_weights(self, owner: nn.Module, s_bar: torch.Tensor, rest: torch.Tensor, x: torch.Tensor,
                      p: NeuronParams) -> Tuple[float, float]:
@@ -338,7 +347,8 @@ def ann_activations(gm: fx.GraphModule, targets: Iterable[str], x: torch.Tensor
 
 @torch.no_grad()
 def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.Tensor, T: int,
-                     passes: Tuple[str, ...] = ("bias",), progress: bool = False, **opts
+                     passes: Tuple[str, ...] = ("bias",), progress: bool = False, node: Optional[NodeFactory] = None,
+                     **opts
                      ) -> Tuple[Dict[str, NeuronParams], List[LayerReport]]:
     """Li et al. 2022, Algorithm 2 on the BN-folded ANN graph ``gm`` with calibration images ``x``.
 
@@ -367,7 +377,7 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
         graph._set_module(gm, o, copy.deepcopy(gm.get_submodule(o)))  # never touch the caller's module
     params = dict(params)
     ann_out, logits = ann_activations(gm, params, x)  # targets from the ANN before any calibration
-    engine = _Engine(gm, params, ann_out, owners, tuple(passes), int(T), opts, progress)
+    engine = _Engine(gm, params, ann_out, owners, tuple(passes), int(T), opts, progress, node)
     replace_by: Dict[str, nn.Module] = {t: _Calibrating(t, engine) for t in params}
     if "weights" in passes:
         replace_by.update({o: _Capture(o, gm.get_submodule(o), engine.store) for o in owners.values()})
@@ -420,9 +430,10 @@ def _fit_readout(gm: fx.GraphModule, target: str, s_bar: torch.Tensor, logits: t
 # --- the whole calibrate step of a recipe -------------------------------------------------------------------
 
 def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: Optional[int] = None,
-              progress: bool = True) -> Dict[str, NeuronParams]:
+              progress: bool = True, node: Optional[NodeFactory] = None) -> Dict[str, NeuronParams]:
     """Thresholds from ``data`` (``graph.calibrate_thresholds``), then lambda scaling or search, then the
-    method's calibration passes. Records what it chose in ``gm.meta["snnconv_calibration"]``."""
+    method's calibration passes, simulated with the backend's ``node`` factory. Records what it chose in
+    ``gm.meta["snnconv_calibration"]``."""
     params = graph.calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
     info: Dict = {"method": method.name}
     needs_data = method.scale == "search" or bool(method.calibration)
@@ -433,7 +444,7 @@ def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: O
         copts = dict(method.calibration_options)
         x, labels = collect(data, int(copts.pop("samples", 256)), device)
     if method.scale == "search":
-        lam, scores = search_scale(gm, params, x, labels, method.T, method.scale_grid, progress)
+        lam, scores = search_scale(gm, params, x, labels, method.T, method.scale_grid, progress, node)
         params = _scaled(params, lam)
         info.update(scale=lam, scale_scores=scores)
     elif float(method.scale) != 1.0:
@@ -441,7 +452,7 @@ def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: O
         info.update(scale=float(method.scale))
     if method.calibration:
         t0 = time.perf_counter()
-        params, reports = calibrate_layers(gm, params, x, method.T, method.calibration, progress, **copts)
+        params, reports = calibrate_layers(gm, params, x, method.T, method.calibration, progress, node, **copts)
         info.update(passes=method.calibration, T=method.T, seconds=time.perf_counter() - t0,
                     layers=[asdict(r) for r in reports])
     gm.meta["snnconv_calibration"] = info

@@ -23,7 +23,7 @@ from .neuron import NeuronParams
 __all__ = [
     "trace", "fold_bn", "check_supported", "activation_nodes", "calibrate_thresholds",
     "replace_activations", "relift_activations", "SeqModule", "to_multistep", "ConversionError", "iter_inputs",
-    "run_ann",
+    "run_ann", "Scale", "fold_spike_values",
 ]
 
 
@@ -104,6 +104,7 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
 
     (methods.md "Common ground"; s = sqrt(running_var + eps)). A BN that cannot be folded is refused.
     """
+    check_finite(gm)  # an Inf running_var would fold into silent zero weights
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -142,8 +143,34 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r}"
 
 
+def check_finite(gm: nn.Module) -> None:
+    """Refuse NaN/Inf parameters or buffers, naming the module, the tensor and its shape."""
+    for kind, named in (("parameter", gm.named_parameters()), ("buffer", gm.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                owner, _, leaf = name.rpartition(".")
+                bad = "NaN" if torch.isnan(t).any() else "Inf"
+                raise ConversionError(f"module {owner!r} ({type(gm.get_submodule(owner)).__name__}): {kind} {leaf!r} "
+                                      f"of shape {tuple(t.shape)} contains {bad}")
+
+
+def _check_weights_and_sharing(gm: fx.GraphModule, method: Method) -> None:
+    """Refuse NaN/Inf parameters or buffers, and an activation module called at two places (its neuron
+    would carry one membrane state for two layers)."""
+    check_finite(gm)
+    uses: Dict[str, List[str]] = {}
+    for n in activation_nodes(gm, method):
+        uses.setdefault(n.target, []).append(n.name)
+    for target, names in uses.items():
+        if len(names) > 1:
+            raise ConversionError(f"activation module {target!r} ({type(gm.get_submodule(target)).__name__}) is used "
+                                  f"{len(names)} times (nodes {names}); a spiking neuron keeps one membrane state per "
+                                  "layer, so give each layer its own activation module")
+
+
 def check_supported(gm: fx.GraphModule, method: Method) -> None:
     """Refuse, naming the node, anything the method cannot convert faithfully. Nothing is skipped."""
+    _check_weights_and_sharing(gm, method)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         where = _where(node)
@@ -194,10 +221,17 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
         if isinstance(batch, (list, tuple)):
             if not batch:
                 raise ValueError(f"{what}: empty batch")
+            if len(batch) > 2:
+                raise ValueError(f"{what}: batch {n} is a {type(batch).__name__} of {len(batch)} items; expected "
+                                 "images, (images,) or (images, labels)")
             x = batch[0]
             y = batch[1] if len(batch) > 1 else None
         elif isinstance(batch, dict):
-            x = batch.get("input", batch.get("image", batch.get("x")))
+            keys = [k for k in ("input", "image", "x") if k in batch]
+            if not keys:
+                raise ValueError(f"{what}: batch {n} is a dict with keys {sorted(map(str, batch))}; the images must be "
+                                 "under 'input', 'image' or 'x'")
+            x = batch[keys[0]]
             y = batch.get("label", batch.get("target", batch.get("y")))
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{what}: batch {n} holds {type(x).__name__}, expected a tensor or (tensor, label)")
@@ -205,8 +239,9 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
             raise ValueError(f"{what}: batch {n} has shape {tuple(x.shape)}, expected [B, ...] with a batch dimension")
         if not x.is_floating_point():
             raise ValueError(f"{what}: batch {n} has dtype {x.dtype}, expected floating point")
-        if torch.isnan(x).any():
-            raise ValueError(f"{what}: batch {n} contains NaN")
+        if not torch.isfinite(x).all():
+            bad = "NaN" if torch.isnan(x).any() else "Inf"
+            raise ValueError(f"{what}: batch {n} contains {bad}")
         if n == 0:
             shape = tuple(x.shape[1:])
         elif tuple(x.shape[1:]) != shape:
@@ -244,19 +279,27 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
              for t in strategies]
     device = next(gm.parameters()).device
     shape = None
+    images = 0
     try:
         it = iter_inputs(data, device)
         for i, x in enumerate(tqdm(it, desc=f"calibrate {method.name}", disable=not progress, leave=False)):
             shape = tuple(x.shape[1:])
+            images += x.shape[0]
             run_ann(gm, x)
             if max_batches is not None and i + 1 >= max_batches:
                 break
     finally:
         for h in hooks:
             h.remove()
+    if images < 2:
+        raise ValueError(f"calibration data holds {images} image; thresholds are statistics of the activations and "
+                         "need at least 2 images (use a few hundred)")
     params = {}
     for t, s in strategies.items():
-        theta = s.compute()
+        try:
+            theta = s.compute()
+        except ValueError as exc:
+            raise ValueError(f"layer {t!r}: {exc}") from None
         knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
                      memory=method.memory, amplitude=method.amplitude,
                      v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
@@ -290,17 +333,21 @@ def append_output(gm: fx.GraphModule, module: nn.Module, name: str = "output_int
 
 
 class SeqModule(nn.Module):
-    """Run a stateless layer on multi-step input ``[T, B, ...]`` as one batch of ``T*B``.
+    """Run a stateless layer in either step mode: ``"m"`` takes ``[T, B, ...]`` as one batch of ``T*B``;
+    ``"s"`` passes one step ``[B, ...]`` straight through (SpikingJelly's ``SeqToANNContainer`` semantics).
 
-    Input that is constant in time (an ``expand`` view, stride 0 along T, as direct encoding feeds the
-    first layer) is computed once and expanded again, so the analog first layer costs one pass, not T.
+    Multi-step input that is constant in time (an ``expand`` view, stride 0 along T, as direct encoding feeds
+    the first layer) is computed once and expanded again, so the analog first layer costs one pass, not T.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, step_mode: str = "m") -> None:
         super().__init__()
         self.module = module
+        self.step_mode = step_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return self.module(x)
         T = x.shape[0]
         if x.stride(0) == 0 or T == 1:
             y = self.module(x[0])
@@ -309,31 +356,162 @@ class SeqModule(nn.Module):
         return y.view(T, x.shape[1], *y.shape[1:])
 
     def extra_repr(self) -> str:
-        return "multi-step [T, B, ...]"
+        return f"step_mode={self.step_mode}"
 
 
-def to_multistep(gm: fx.GraphModule, stateful: Tuple[type, ...]) -> fx.GraphModule:
-    """Make the graph take ``[T, B, ...]``: wrap stateless layers, shift flatten's start_dim by one.
+class Scale(nn.Module):
+    """Multiply spikes by what they are worth where that cannot be folded into the next layer's weights
+    (a per-position threshold before a shared conv kernel, a residual sum): ``y = s * factor``; signed spikes
+    use ``factor_neg`` for -1 when it differs. Shown in the network's ``repr``."""
+
+    def __init__(self, factor: torch.Tensor, factor_neg: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.as_tensor(factor, dtype=torch.float32).detach().clone())
+        self.register_buffer("factor_neg", None if factor_neg is None else
+                             torch.as_tensor(factor_neg, dtype=torch.float32).detach().clone())
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if self.factor_neg is None:
+            return s * self.factor
+        return torch.where(s > 0, s * self.factor, s * self.factor_neg)
+
+    def extra_repr(self) -> str:
+        shape = lambda f: "scalar" if f.dim() == 0 else f"shape={tuple(f.shape)}"  # noqa: E731
+        neg = "" if self.factor_neg is None else f", factor_neg {shape(self.factor_neg)}"
+        return f"factor {shape(self.factor)}{neg} (spike values not folded into weights)"
+
+
+_PASS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.MaxPool1d, nn.MaxPool2d,
+         nn.Dropout, nn.Identity)
+
+
+def _sample_shapes(gm: fx.GraphModule, input_shape: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]:
+    """Per-node output shape of one sample (batch dimension dropped), from a dummy forward."""
+    from torch.fx.passes.shape_prop import ShapeProp
+    p = next(gm.parameters())
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    out = {}
+    for n in gm.graph.nodes:
+        tm = n.meta.get("tensor_meta")
+        if tm is not None and hasattr(tm, "shape"):
+            out[n.name] = tuple(tm.shape[1:])
+    return out
+
+
+def _fold_plan(gm: fx.GraphModule, node: fx.Node, sigma: torch.Tensor, shapes, plan: List) -> bool:
+    """Follow ``node``'s users to the conv/linear layers that consume its spikes; append (layer, per-input
+    factor) to ``plan``; False when some path cannot absorb ``sigma`` exactly (DNISNM Eq. 18)."""
+    modules = dict(gm.named_modules())
+    for u in node.users:
+        mod = modules.get(u.target) if u.op == "call_module" else None
+        per_channel = sigma.dim() == 0 or all(d == 1 for d in sigma.shape[1:])
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            if not per_channel or mod.groups != 1:
+                return False
+            plan.append((u.target, sigma.reshape(-1) if sigma.dim() else sigma))
+        elif isinstance(mod, nn.Linear):
+            if sigma.dim() > 1:
+                return False
+            plan.append((u.target, sigma))
+        elif isinstance(mod, _PASS):
+            if not per_channel:
+                return False
+            if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)) and bool((sigma <= 0).any()):
+                return False  # max commutes with a positive per-channel factor only
+            if not _fold_plan(gm, u, sigma, shapes, plan):
+                return False
+        elif isinstance(mod, nn.Flatten) or (u.op == "call_function" and u.target is torch.flatten) \
+                or (u.op == "call_method" and u.target == "flatten"):
+            shape = shapes.get(node.name)
+            if shape is None or len(shape) < 1 or (isinstance(mod, nn.Flatten) and (mod.start_dim, mod.end_dim) != (1, -1)):
+                return False
+            if u.op != "call_module":
+                start = u.args[1] if len(u.args) > 1 else u.kwargs.get("start_dim", 0)
+                end = u.args[2] if len(u.args) > 2 else u.kwargs.get("end_dim", -1)
+                if (start, end) != (1, -1):
+                    return False
+            flat = sigma.expand(shape).reshape(-1) if sigma.dim() else sigma
+            if not _fold_plan(gm, u, flat, shapes, plan):
+                return False
+        else:
+            return False
+    return True
+
+
+def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return bool(torch.equal(*torch.broadcast_tensors(a, b)))
+    except RuntimeError:
+        return False
+
+
+@torch.no_grad()
+def fold_spike_values(gm: fx.GraphModule, values: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]
+                      ) -> Dict[str, str]:
+    """Make spikes binary: fold what each spiking layer's spikes are worth (``values[target] = (pos, neg)``,
+    amplitude*theta, Datta Eq. 8) into the weights of the layers that consume them (DNISNM Eq. 18).
+
+    Where that is not exact (per-position values before a conv, a residual sum, different positive and
+    negative values) a :class:`Scale` module is inserted after the layer instead. Call before the activations
+    are replaced. Returns ``{target: "folded" | "scaler"}``.
+    """
+    shapes = _sample_shapes(gm, gm.meta["input_shape"]) if gm.meta.get("input_shape") else {}
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module" and n.target in values}
+    how = {}
+    for target, (pos, neg) in values.items():
+        node = nodes[target]
+        pos = torch.as_tensor(pos, dtype=torch.float32)
+        same = neg is None or _same_value(pos, torch.as_tensor(neg, dtype=torch.float32))
+        plan: List = []
+        if same and bool((pos > 0).all()) and _fold_plan(gm, node, pos, shapes, plan):
+            for layer, f in plan:
+                lin = gm.get_submodule(layer)
+                w = lin.weight
+                shape = [1, -1] + [1] * (w.dim() - 2) if f.dim() else []
+                new = copy.deepcopy(lin)  # never change a module shared with the caller
+                new.weight = nn.Parameter(w * (f.to(w).reshape(shape) if f.dim() else f.to(w)))
+                _set_module(gm, layer, new)
+            how[target] = "folded"
+            continue
+        name = "scale_" + target.replace(".", "_")
+        while hasattr(gm, name):
+            name += "_"
+        gm.add_submodule(name, Scale(pos, None if same else neg))
+        with gm.graph.inserting_after(node):
+            new_node = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(new_node, delete_user_cb=lambda n: n is not new_node)
+        how[target] = "scaler"
+    gm.graph.lint()
+    gm.recompile()
+    return how
+
+
+def to_multistep(gm: fx.GraphModule, stateful: Tuple[type, ...], seq: type = SeqModule) -> fx.GraphModule:
+    """Make the graph step-mode aware: wrap stateless layers in ``seq`` (a :class:`SeqModule`) and turn
+    ``flatten`` calls into wrapped ``nn.Flatten`` modules, so ``"m"`` ([T, B, ...]) and ``"s"`` both work.
 
     Modules containing any instance of ``stateful`` (the backend's neurons) handle time themselves.
     """
+    for node in list(gm.graph.nodes):
+        if (node.op == "call_function" and node.target is torch.flatten) or \
+                (node.op == "call_method" and node.target == "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if start < 1 or (0 <= end < 1):
+                raise ConversionError(f"node {node.name!r}: flatten over the batch dimension (start_dim={start}) "
+                                      "has no per-sample meaning in a spiking network")
+            name = f"flatten_{node.name}"
+            gm.add_submodule(name, nn.Flatten(start, end))
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = modules[node.target]
             if not any(isinstance(m, stateful + (SeqModule,)) for m in mod.modules()):
-                _set_module(gm, node.target, SeqModule(mod))
-        elif (node.op == "call_function" and node.target is torch.flatten) or \
-                (node.op == "call_method" and node.target == "flatten"):
-            args = list(node.args)
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            if start < 0:
-                raise ConversionError(f"node {node.name!r}: flatten with negative start_dim is ambiguous in multi-step mode")
-            if len(args) > 1:
-                args[1] = start + 1
-            else:
-                node.kwargs = {**node.kwargs, "start_dim": start + 1}
-            node.args = tuple(args)
+                _set_module(gm, node.target, seq(mod))
     gm.graph.lint()
     gm.recompile()
     return gm

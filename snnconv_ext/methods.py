@@ -6,6 +6,8 @@ Adding a paper means adding entries here, not a new pipeline.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple, Type, Union
 
@@ -48,6 +50,56 @@ class Method:
     allow_maxpool: bool = False
     reference: str = ""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse option values the converter would misread, naming the method, the option and the value."""
+        from . import thresholds
+
+        def bad(option: str, value, want: str) -> ValueError:
+            return ValueError(f"method {self.name!r}: option {option}={value!r} is invalid; {want}")
+
+        if self.threshold not in thresholds.names():
+            raise bad("threshold", self.threshold, f"registered threshold strategies: {thresholds.names()}")
+        if not isinstance(self.fire_at, (int, float)) or isinstance(self.fire_at, bool) \
+                or not 0.0 < float(self.fire_at) <= 1.0:
+            raise bad("fire_at", self.fire_at, "it is a fraction of theta in (0, 1]")
+        if self.v0 not in ("zero", "half"):
+            raise bad("v0", self.v0, "use 'zero' or 'half' (theta/2, DNISNM Sec. 4.1)")
+        for flag in ("signed", "memory", "allow_maxpool"):
+            if not isinstance(getattr(self, flag), bool):
+                raise bad(flag, getattr(self, flag), "use True or False")
+        if self.memory and not self.signed:
+            raise bad("memory", self.memory, "SNM memory needs a signed neuron (signed=True)")
+        if not _positive_number(self.amplitude):
+            raise bad("amplitude", self.amplitude, "the spike amplitude must be a finite number > 0")
+        if not _positive_number(self.leak) or float(self.leak) > 1.0:
+            raise bad("leak", self.leak, "the leak factor must be in (0, 1]")
+        if self.T is not None and not _positive_int(self.T):
+            raise bad("T", self.T, "T (time steps) must be a positive integer")
+        if not (self.scale == "search" or (_positive_number(self.scale))):
+            raise bad("scale", self.scale, "lambda must be a finite number > 0 or 'search'")
+        unknown = set(self.calibration) - set(CALIBRATION_PASSES)
+        if unknown:
+            raise bad("calibration", self.calibration, f"passes are a subset of {CALIBRATION_PASSES}")
+        topts = self.threshold_options
+        if "granularity" in topts and topts["granularity"] not in thresholds.GRANULARITIES:
+            raise bad("granularity", topts["granularity"], f"use one of {thresholds.GRANULARITIES}")
+        if "p" in topts and not (_number(topts["p"]) and 0.0 < float(topts["p"]) <= 100.0):
+            raise bad("p", topts["p"], "the percentile must be in (0, 100]")
+        for key in ("T", "N", "cap"):
+            if key in topts and not _positive_int(topts[key]):
+                raise bad(key, topts[key], f"{key} must be a positive integer")
+        if "rounding" in topts and topts["rounding"] not in ("round", "floor"):
+            raise bad("rounding", topts["rounding"], "use 'round' (ClipRound, Eq. 18) or 'floor' (ClipFloor)")
+        for key in ("samples", "iters", "batch", "bias_iters"):
+            if key in self.calibration_options and not _positive_int(self.calibration_options[key]):
+                raise bad(key, self.calibration_options[key], f"{key} must be a positive integer")
+        for key in ("lr", "ridge"):
+            if key in self.calibration_options and not _positive_number(self.calibration_options[key]):
+                raise bad(key, self.calibration_options[key], f"{key} must be a finite number > 0")
+
     def with_options(self, **options) -> "Method":
         """Copy with fields overridden; ``p``/``granularity``/... go to the threshold strategy, ``samples``/
         ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and an MMSE strategy."""
@@ -60,9 +112,10 @@ class Method:
             if key in options:
                 copts[key] = options.pop(key)
         if "T" in options and options["T"] is not None:
+            if not _positive_int(options["T"]):
+                raise ValueError(f"method {self.name!r}: option T={options['T']!r} is invalid; T (time steps) "
+                                 "must be a positive integer")
             options["T"] = int(options["T"])
-            if options["T"] < 1:
-                raise ValueError(f"T must be >= 1, got {options['T']}")
             if "T" in topts or options.get("threshold", self.threshold) == "mmse":
                 topts["T"] = options["T"]
         unknown = set(options) - set(self.__dataclass_fields__)
@@ -73,6 +126,20 @@ class Method:
 
 # options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
 CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
+CALIBRATION_PASSES = ("bias", "weights", "potential", "readout")  # calibrate.PASSES
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _positive_number(v) -> bool:
+    return _number(v) and float(v) > 0
+
+
+def _positive_int(v) -> bool:
+    """An integer >= 1 (an integral float such as 8.0 counts; 2.5, True and '8' do not)."""
+    return _positive_number(v) and float(v) == int(v)
 
 _REGISTRY: Dict[str, Method] = {}
 
@@ -125,8 +192,9 @@ register(Method("dni", "DNI: per-neuron maximum activation as threshold, v0 = th
                 reference="Wang et al. 2024, Sec. 4.1"))
 register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (Eqs. 19-23).",
                 threshold="max", signed=True, memory=True, reference="Wang et al. 2024, Sec. 4.2"))
-register(Method("dni+snm", "DNISNM: per-neuron max thresholds, v0 = theta/2, signed neuron with memory (Algorithm 1).",
-                threshold="max", threshold_options={"granularity": "neuron"}, v0="half", signed=True, memory=True,
+register(Method("dni+snm", "DNISNM: per-neuron max thresholds, signed neuron with memory firing at +-theta/2 (the "
+                "theta/2 start of Algorithm 1 applied to both signs, so the leftover window is [-theta/2, theta/2)).",
+                threshold="max", threshold_options={"granularity": "neuron"}, fire_at=0.5, signed=True, memory=True,
                 reference="Wang et al. 2024, Algorithm 1"))
 
 

@@ -229,7 +229,7 @@ def simulate_if_noisy(
         for row in z:
             step_(u * dt + sd * row, state, p, out=out)  # charge, fire at v >= theta, soft reset
             counts += out
-    return torch.round(counts / theta).to(torch.int64)
+    return counts.to(torch.int64)  # binary spikes: the count
 
 
 def simulate_running_max(

@@ -10,8 +10,10 @@ from conftest import run_both_backends
 from snnconv_ext import graph
 from snnconv_ext.activations import AtLeakyReLU, StReLU, TReLU
 from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.neuron import NeuronParams, simulate
-from snnconv_spikingjelly import SnnconvNode, normalized_node
+from snnconv_ext.neuron import NeuronParams, simulate, value
+from spikingjelly.activation_based.neuron import TernaryIFNode
+
+from snnconv_spikingjelly import SnnconvNode
 from snnconv_snntorch import convert as to_snntorch
 
 
@@ -35,7 +37,7 @@ def test_neuron_rate_matches_activation_for_constant_input(act):
     knobs = knobs or act.neuron_knobs()
     xs = torch.linspace(-2.5, 1.5, 81)
     T = 512
-    rate = simulate(xs.expand(T, -1).contiguous(), **knobs).mean(0)
+    rate = value(simulate(xs.expand(T, -1).contiguous(), **knobs), NeuronParams(**knobs)).mean(0)
     torch.testing.assert_close(rate, act(xs), atol=2.0 / T * 2, rtol=0)
 
 
@@ -62,8 +64,9 @@ def test_strelu_conversion_reaches_ann_and_uses_negative_spikes(strelu_net, digi
     test = digits[1]
     ann = sc.ann_accuracy(strelu_net, test)
     snn = sc.convert(strelu_net, "strelu", calib, progress=False)
-    node = next(m for m in snn.modules() if isinstance(m, SnnconvNode))
-    assert node.theta.item() == 1.0 and node.theta_neg.item() == 1.0
+    node = next(m for m in snn.modules() if isinstance(m, (SnnconvNode, TernaryIFNode)))
+    assert isinstance(node, TernaryIFNode)  # symmetric signed IF: SpikingJelly's own node
+    assert node.v_threshold == 1.0
     neg = []
     node.register_forward_hook(lambda m, i, o: neg.append((o < 0).any().item()))
     acc = sc.evaluate(snn, test, [64], progress=False)
@@ -110,24 +113,9 @@ def test_dni_thresholds_are_per_neuron_max_with_half_v0(trained_cnn, calib):
     torch.testing.assert_close(nodes[0].theta, torch.cat(z).max(0).values.clamp_min(1e-8))
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_dni_two_realisations_identical_spikes(signed):
-    # per-neuron thresholds vs weight normalisation (Eq. 18) with unit thresholds. Powers of two make the
-    # scaling exact in floating point, so the spikes must be bit-identical.
-    torch.manual_seed(0)
-    theta = 2.0 ** torch.randint(-3, 3, (4, 5, 5)).float()
-    p = NeuronParams(theta=theta, v0=theta / 2, theta_neg=theta if signed else None, memory=signed)
-    x = (torch.rand(24, 8, 4, 5, 5) - (0.5 if signed else 0.2)) * 2 * theta
-    a = SnnconvNode(p)(x)
-    b = normalized_node(p, native=not signed)(x)
-    assert torch.equal(a, b)
-
-
-def test_dni_realisations_agree_on_a_network(trained_cnn, calib, digits):
-    x = digits[1].tensors[0][:128]
-    a = list(simulate_net(sc.convert(trained_cnn, "dni", calib, progress=False), x, 16))[-1][-1]
-    b = list(simulate_net(sc.convert(trained_cnn, "dni", calib, weight_norm=True, progress=False), x, 16))[-1][-1]
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.98
+def test_weight_norm_option_is_gone_with_a_clear_message(trained_cnn, calib):
+    with pytest.raises(TypeError, match="binary"):
+        sc.convert(trained_cnn, "dni", calib, weight_norm=True, progress=False)
 
 
 def test_signed_refusals():

@@ -1,19 +1,23 @@
-"""snnTorch adapter: snnconv's neuron as an ``snn.Leaky``-compatible module and a converter to snnTorch nets.
+"""snnTorch adapter: snnconv's neuron as an ``snn.Leaky`` subclass and a converter to snnTorch networks.
 
 >>> import snntorch.utils
 >>> from snnconv_snntorch import convert
 >>> net = convert(ann, method="percentile", calib_data=calib)   # nn.Sequential with init_hidden neurons
 >>> snntorch.utils.reset(net)
->>> for t in range(T): logits = net(x)                            # accumulated logits after t+1 steps
+>>> logits = sum(net(x) for _ in range(T))                      # each call: one step's output current
 
-Why not reuse ``snn.Leaky(beta=1, reset_mechanism="subtract")`` directly: snnTorch fires when
-``mem > threshold`` (strict) while every conversion paper fires at ``v >= theta``, and Leaky subtracts the
-reset one step late. Constant inputs such as 0.5*theta hit the threshold exactly, so the two differ. Our
-``Neuron`` subclasses ``snn.Leaky`` (so ``snntorch.utils.reset`` and ``init_hidden`` work) but calls the
-core update ``snnconv_ext.neuron.step_``.
+What is reused from ``snn.Leaky``: ``threshold`` (the real threshold, learnable with ``learn_threshold``),
+``beta`` (the leak, 1 for IF), ``spike_grad`` (the surrogate gradient), ``graded_spikes_factor``, ``init_hidden``
+/ ``output``, the ``mem`` state, ``reset_mechanism="subtract"`` with ``reset_delay=False``. What differs, and
+why the update is the core's (``snnconv_ext.neuron.step``): snnTorch fires when ``mem > threshold`` (strict)
+while every conversion paper fires at ``v >= theta``, and constant inputs such as 0.5*theta hit the threshold
+exactly; conversion also needs an initial potential ``v0``, firing at a fraction of theta, negative spikes and
+SNM memory, which ``Leaky`` does not have. ``spike_grad`` still supplies the backward pass.
+Spikes are binary; what a spike is worth is folded into the next layer's weights (``graph.fold_spike_values``).
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Optional
 
 import snntorch as snn
@@ -25,62 +29,98 @@ from snnconv_ext import graph
 from snnconv_ext.calibrate import calibrate
 from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method
-from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, step_
+from snnconv_ext.neuron import NeuronParams, NeuronState, heaviside, init_state, spike_values, step, step_
 
-__all__ = ["Neuron", "Integrator", "convert"]
+__all__ = ["Neuron", "convert"]
+
+
+def _with_grad_of(spike_grad):
+    """Forward: Heaviside with H(0) = 1 (v >= theta); backward: snnTorch's ``spike_grad`` surrogate."""
+    def sg(u: torch.Tensor) -> torch.Tensor:
+        g = spike_grad(u)
+        return heaviside(u) + (g - g.detach())
+    return sg
 
 
 class Neuron(snn.Leaky):
     """snnconv neuron family in snnTorch's interface: ``spk = neuron(cur)`` with ``init_hidden=True``,
-    else ``spk, mem = neuron(cur, mem)``. ``spk`` is the emitted value (``theta``-scaled, signed)."""
+    else ``spk, mem = neuron(cur, mem)``. ``spk`` is binary (signed: -1/0/+1) times ``graded_spikes_factor``."""
+
+    step_mode = "s"
 
     def __init__(self, params: Optional[NeuronParams] = None, init_hidden: bool = False, output: bool = False,
-                 **knobs) -> None:
+                 spike_grad=None, learn_threshold: bool = False, learn_beta: bool = False,
+                 graded_spikes_factor: float = 1.0, **knobs) -> None:
         p = params if params is not None else NeuronParams(**knobs)
-        super().__init__(beta=1.0, threshold=torch.as_tensor(p.theta, dtype=torch.float32).clone(),
-                         init_hidden=init_hidden, output=output, reset_mechanism="subtract")
+        super().__init__(beta=torch.as_tensor(p.leak, dtype=torch.float32).clone(),
+                         threshold=torch.as_tensor(p.theta, dtype=torch.float32).clone(), spike_grad=spike_grad,
+                         init_hidden=init_hidden, output=output, reset_mechanism="subtract", reset_delay=False,
+                         learn_threshold=learn_threshold, learn_beta=learn_beta,
+                         graded_spikes_factor=graded_spikes_factor)
         self.register_buffer("theta_neg", None if p.theta_neg is None else
                              torch.as_tensor(p.theta_neg, dtype=torch.float32).clone())
         self.register_buffer("v0", torch.as_tensor(p.v0, dtype=torch.float32).clone())
         self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
-        self.amplitude, self.leak, self.amplitude_neg = p.amplitude, p.leak, p.amplitude_neg
+        self._symmetric = p.theta_neg is not None and not learn_threshold and bool(torch.equal(
+            *torch.broadcast_tensors(torch.as_tensor(p.theta), torch.as_tensor(p.theta_neg))))
+        self._plain_if = isinstance(p.leak, (int, float)) and float(p.leak) == 1.0 and not learn_beta  # beta = 1: IF
+        self.amplitude, self.amplitude_neg = p.amplitude, p.amplitude_neg
         self._written: Optional[torch.Tensor] = None  # the mem tensor we last wrote; anything else means "reset"
-        self.m: Optional[torch.Tensor] = None
+        self.m: Optional[torch.Tensor] = None  # SNM memory (DNISNM Eq. 23)
 
     def params(self, like: torch.Tensor) -> NeuronParams:
-        return NeuronParams(self.threshold, self.fire_at, self.theta_neg, self.memory, self.amplitude, self.v0,
-                            self.leak, self.amplitude_neg).to(like)
+        """The neuron's knobs as core ``NeuronParams`` (no validation, no host sync)."""
+        p = object.__new__(NeuronParams)
+        p.__dict__.update(theta=self.threshold, fire_at=self.fire_at,
+                          theta_neg=self.threshold if self._symmetric else self.theta_neg, memory=self.memory,
+                          amplitude=self.amplitude, v0=self.v0, leak=1.0 if self._plain_if else self.beta.clamp(0, 1),
+                          amplitude_neg=self.amplitude_neg)
+        return p.to(like)
+
+    def reset(self) -> None:
+        """Forget the state of this neuron only (v = v0 at the next step)."""
+        self.mem = torch.zeros(0, device=self.mem.device)
+        self._written, self.m = None, None
+
+    def reset_mem(self):
+        self.reset()
+        return self.mem
 
     def forward(self, input_: torch.Tensor, mem: Optional[torch.Tensor] = None):
         if self.init_hidden and mem is not None:
             raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
         p = self.params(input_)
         cur = self.mem if mem is None else mem
-        fresh = cur is not self._written or cur.shape != input_.shape
-        if fresh:  # after snntorch.utils.reset / reset_mem, or first call: v = v0, memory = 0
+        if cur is not self._written or cur.shape != input_.shape:  # after a reset, or first call: v = v0, m = n = 0
             st = init_state(input_, p)
         else:
-            st = NeuronState(cur.clone(), None if self.m is None else self.m.clone())
-        spk = step_(input_, st, p)
+            st = NeuronState(cur, self.m)
+        if torch.is_grad_enabled() and (input_.requires_grad or any(q.requires_grad for q in self.parameters())):
+            spk, st = step(input_, st, p, _with_grad_of(self.spike_grad))
+        else:
+            st = NeuronState(st.v.clone(), None if st.m is None else st.m.clone())
+            spk = step_(input_, st, p)
         self.mem, self.m = st.v, st.m
         self._written = self.mem
+        if not (isinstance(self.graded_spikes_factor, float) and self.graded_spikes_factor == 1.0):
+            spk = spk * self.graded_spikes_factor
         if self.output or not self.init_hidden:
             return spk, self.mem
         return spk
 
 
-class Integrator(snn.Leaky):
-    """Integrate-only output layer in snnTorch form: returns the input accumulated so far (the logit)."""
+class _Window(nn.Module):
+    """A single-step snnTorch neuron stepped over a window ``[T, ...]`` (the calibration simulator's node)."""
 
-    def __init__(self, init_hidden: bool = True) -> None:
-        super().__init__(beta=1.0, init_hidden=init_hidden, reset_mechanism="none")
+    def __init__(self, p: NeuronParams) -> None:
+        super().__init__()
+        self.neuron = Neuron(p, init_hidden=True)
 
-    def forward(self, input_: torch.Tensor, mem: Optional[torch.Tensor] = None):
-        cur = self.mem if mem is None else mem
-        if cur.shape != input_.shape:
-            cur = torch.zeros_like(input_)
-        self.mem = cur + input_
-        return self.mem if self.init_hidden else (self.mem, self.mem)
+    def reset(self) -> None:
+        self.neuron.reset()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.neuron(z[t]) for t in range(z.shape[0])])
 
 
 def _as_sequential(gm: fx.GraphModule) -> Optional[nn.Sequential]:
@@ -95,21 +135,21 @@ def _as_sequential(gm: fx.GraphModule) -> Optional[nn.Sequential]:
 
 
 def convert(model: nn.Module, method: str = "percentile", calib_data: Iterable = None,
-            max_batches: Optional[int] = None, progress: bool = True, **options) -> nn.Module:
-    """Convert a copy of ``model`` into a single-step snnTorch network (``init_hidden=True`` neurons)."""
+            max_batches: Optional[int] = None, progress: bool = True, spike_grad=None, **options) -> nn.Module:
+    """Convert a copy of ``model`` into a single-step snnTorch network (``init_hidden=True`` neurons) that
+    returns each step's output current; sum over steps for the logits."""
     if calib_data is None:
         raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
     options.pop("native", None)  # SpikingJelly-only option
     m = get_method(method, **options)
-    gm = graph.fold_bn(graph.trace(_copy(model)))
+    gm = graph.fold_bn(graph.trace(copy.deepcopy(model)))
     graph.check_supported(gm, m)
-    params = calibrate(gm, m, as_loader(calib_data), max_batches=max_batches, progress=progress)
-    gm = graph.replace_activations(gm, params, lambda p: Neuron(p, init_hidden=True))
-    gm = graph.append_output(gm, Integrator())
+    params = calibrate(gm, m, as_loader(calib_data), max_batches=max_batches, progress=progress, node=_Window)
+    input_shape = gm.meta.get("input_shape")
+    folding = graph.fold_spike_values(gm, {t: spike_values(p) for t, p in params.items()})
+    gm = graph.replace_activations(gm, params, lambda p: Neuron(p, init_hidden=True, spike_grad=spike_grad))
     seq = _as_sequential(gm)
-    return seq if seq is not None else gm
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(model)
+    net = seq if seq is not None else gm
+    net.step_mode = "s"
+    net.meta = {"input_shape": input_shape, "snnconv_method": m.name, "snnconv_folding": folding}
+    return net
