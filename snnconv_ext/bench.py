@@ -3,7 +3,9 @@
 Every method converts the same zoo ANN with the same calibration images and is evaluated on the same
 test images for every T from a single simulation (methods tuned for one T, such as MMSE, calibration and
 TTRBR's lambda search, are converted again for every T). ``sj-*`` rows are SpikingJelly's recipes run unchanged
-(only stepped in its multi-step mode, which gives identical outputs): they are the bar.
+(only stepped in its multi-step mode, which gives identical outputs): they are the bar. ``sj-ltb`` is its
+``LocalThresholdBalancingRecipe`` (Bu et al., CVPR 2025), read out from the first step like every other row.
+Beside accuracy every row reports spikes, synaptic operations and energy per image (``snnconv_ext.energy``).
 """
 from __future__ import annotations
 
@@ -28,16 +30,21 @@ SJ_RECIPES: Dict[str, Dict] = {
     "sj-max": {"mode": "Max"},
     "sj-99.9": {"mode": "99.9%"},
     "sj-best": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
+    "sj-ltb": {"recipe": "LocalThresholdBalancingRecipe"},  # its defaults (channel-wise, half threshold)
 }
+FIELDS = ["model", "method", "T", "accuracy", "ann_accuracy", "spikes_per_image", "synops", "energy_uj",
+          "ann_energy_uj"]
 
 
-def sj_convert(model: nn.Module, name: str, calib) -> nn.Module:
-    """Convert with SpikingJelly's ``RateCodingRecipe`` unchanged, in multi-step mode; its per-step readout is
-    summed over time by :func:`snnconv_ext.evaluate.simulate_net`, as for our networks."""
+def sj_convert(model: nn.Module, name: str, calib, device: Optional[torch.device] = None) -> nn.Module:
+    """Convert with SpikingJelly's recipe unchanged (``RateCodingRecipe``, or ``LocalThresholdBalancingRecipe``
+    for ``sj-ltb``); return it in multi-step mode (per-step readout, summed by :func:`snnconv_ext.evaluate`)."""
     from spikingjelly.activation_based import ann2snn, functional
 
-    recipe = ann2snn.RateCodingRecipe(dataloader=calib, **SJ_RECIPES[name])
-    net = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(model))
+    opts = dict(SJ_RECIPES[name])
+    cls = getattr(ann2snn, opts.pop("recipe", "RateCodingRecipe"))
+    recipe = cls(dataloader=calib, **opts)
+    net = ann2snn.FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(model))
     functional.set_step_mode(net, "m")
     return net
 
@@ -49,21 +56,27 @@ def _test_set(dataset: str, n_test: Optional[int]):
 
 def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[int], out: Optional[Path] = None,
               n_test: Optional[int] = None, n_calib: int = 1024, batch_size: int = 128, chunk: int = 4,
-              progress: bool = True, log: Callable[[str], None] = print, options: Optional[Dict] = None
+              progress: bool = True, log: Callable[[str], None] = print, options: Optional[Dict] = None,
+              device: Optional[str] = None, energy_constants: str = "45nm", backend: str = "spikingjelly"
               ) -> List[Dict]:
-    """Convert ``model_name`` with each method, evaluate at every T, write CSV + plot to ``out``."""
+    """Convert ``model_name`` with each method, evaluate at every T (accuracy, spikes, synaptic operations and
+    energy per image), write CSV + plot to ``out``. ``backend``: where our methods' networks live
+    (``spikingjelly`` or ``snntorch``); SpikingJelly's own recipes always run in SpikingJelly."""
     from . import zoo
     from .convert import convert
+    from .energy import SpikeMeter, constants
 
     if model_name not in zoo.ENTRIES:
         raise KeyError(f"unknown zoo model {model_name!r}; available: {zoo.names()}")
+    const = constants(energy_constants)
+    dev = torch.device(device or "cpu")
     dataset = zoo.ENTRIES[model_name].dataset
-    ann = zoo.load(model_name)
+    ann = zoo.load(model_name, map_location=dev)
     test = _test_set(dataset, n_test)
     train = getattr(data_mod, dataset)("train")
     calib = data_mod.loader(data_mod.subset(train, n_calib, seed=0), batch_size=256)
     t0 = time.perf_counter()
-    ann_acc = ann_accuracy(ann, test)
+    ann_acc = ann_accuracy(ann, test, device=dev)
     log(f"{model_name}: ANN accuracy {ann_acc:.2f}% on {len(test)} test images "
         f"({time.perf_counter() - t0:.1f} s); calibration on {n_calib} training images")
     rows = []
@@ -77,22 +90,29 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
         # a method tuned for one T (MMSE, lambda search, calibration) is converted again for every T;
         # the others once, evaluated at every T from one simulation
         groups = [[t] for t in sorted(set(int(v) for v in timesteps))] if tuned else [list(timesteps)]
-        acc, t_conv, t_sim = {}, 0.0, 0.0
+        acc, reports, t_conv, t_sim = {}, {}, 0.0, 0.0
         for ts in groups:
             t0 = time.perf_counter()
             if name in SJ_RECIPES:
-                snn = sj_convert(ann, name, calib)
+                snn = sj_convert(ann, name, calib, device=dev)
             else:
-                snn = convert(ann, method=name, calib_data=calib, progress=False,
-                              **({"T": ts[0]} if tuned else {}), **(options or {}))
+                extra = {"device": dev} if backend == "spikingjelly" else {}
+                snn = convert(ann, method=name, calib_data=calib, progress=False, backend=backend, **extra,
+                              **({"T": ts[0]} if tuned else {}), **(options or {})).to(dev)
             t_conv += time.perf_counter() - t0
             t0 = time.perf_counter()
-            acc.update(evaluate(snn, test, ts, batch_size=batch_size, chunk=chunk, progress=progress,
-                                desc=f"{name} T={ts[0]}" if tuned else name))
+            meter = SpikeMeter(snn, tuple(test[0][0].shape))
+            with meter:
+                acc.update(evaluate(snn, test, ts, batch_size=batch_size, chunk=chunk, progress=progress,
+                                    device=dev, desc=f"{name} T={ts[0]}" if tuned else name))
+            reports.update(meter.report(ts, len(test)))
             t_sim += time.perf_counter() - t0
         log(f"  {name:<22} converted{' for each T' if tuned else ''} in {t_conv:5.1f} s, "
             f"simulated T<={max(timesteps)} in {t_sim:6.1f} s")
-        rows += [{"model": model_name, "method": name, "T": t, "accuracy": round(a, 4), "ann_accuracy": round(ann_acc, 4)}
+        rows += [{"model": model_name, "method": name, "T": t, "accuracy": round(a, 4),
+                  "ann_accuracy": round(ann_acc, 4), "spikes_per_image": round(reports[t].spikes_per_image, 2),
+                  "synops": round(reports[t].total_synops), "energy_uj": round(reports[t].energy_uj(const)[1], 4),
+                  "ann_energy_uj": round(reports[t].energy_uj(const)[0], 4)}
                  for t, a in acc.items()]
     log(format_table(rows))
     if out is not None:
@@ -127,18 +147,24 @@ def format_table(rows: List[Dict]) -> str:
         lines.append(f"{m:<22}" + "".join(f"{acc[(m, t)]:8.2f}" for t in ts))
     if rows:
         lines.append(f"{'ANN':<22}" + "".join(f"{rows[0]['ann_accuracy']:8.2f}" for _ in ts))
+    if rows and "energy_uj" in rows[0]:
+        t = ts[-1]
+        lines += ["", f"per image at T={t}: {'spikes':>10}{'synops':>14}{'energy (uJ)':>13}"]
+        for r in (r for r in rows if r["T"] == t):
+            lines.append(f"{r['method']:<22}{r['spikes_per_image']:>18,.0f}{r['synops']:>14,}{r['energy_uj']:>13.3f}")
+        lines.append(f"{'ANN':<22}{'':>18}{'':>14}{rows[0]['ann_energy_uj']:>13.3f}")
     return "\n".join(lines)
 
 
 def write_outputs(rows: List[Dict], out: Path) -> None:
-    """``results.csv`` (model, method, T, accuracy, ann_accuracy) and ``accuracy_vs_T.png``."""
+    """``results.csv`` (:data:`FIELDS`: accuracy, spikes, synaptic ops and energy per image) and ``accuracy_vs_T.png``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "method", "T", "accuracy", "ann_accuracy"])
+        w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -173,6 +199,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=4, help="time steps simulated at once; batch*chunk of about 512 images is fastest on CPU")
     p.add_argument("--method-options", default="",
                    help="options for our methods, comma-separated key=value (e.g. samples=128,iters=400)")
+    p.add_argument("--backend", default="spikingjelly", choices=["spikingjelly", "snntorch"],
+                   help="framework our methods convert into (SpikingJelly's recipes always run in SpikingJelly)")
+    p.add_argument("--device", default="cpu", help="torch device to convert and simulate on (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--energy", default="45nm",
+                   help="energy constants for energy_uj: 45nm (4.6/0.9 pJ per MAC/AC), datta (3.2/0.1), "
+                        "strelu (4.6 pJ/MAC, 77 fJ/SOP) or E_MAC:E_AC in pJ")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -201,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         rows += run_bench(model, [m.strip() for m in args.methods.split(",") if m.strip()],
                           [int(t) for t in args.timesteps.split(",")], None, args.n_test, args.n_calib,
                           args.batch_size, args.chunk, progress=not args.no_progress,
-                          options=parse_options(args.method_options))
+                          options=parse_options(args.method_options), device=args.device,
+                          energy_constants=args.energy, backend=args.backend)
     if not rows:
         raise SystemExit("no method applied to any model: nothing to report")
     write_outputs(rows, Path(args.out))

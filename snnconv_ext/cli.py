@@ -1,9 +1,97 @@
-"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``train`` (zoo models), ``finetune``, ``methods``."""
+"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``train`` (zoo models), ``finetune``, ``methods``.
+
+Misuse (a bad option, an unknown model or method, an ``--out`` that cannot be written) ends with exit status 2
+and one line on stderr, before any work starts; ``SNNCONV_DEBUG=1`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import List, Optional
+
+__all__ = ["main", "UsageError"]
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + error and exits; we want one line
+        sub = self.prog.split()[1:]  # "snnconv bench" -> ["bench"]
+        raise UsageError(f"{' '.join(sub)}: {message}" if sub else message)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(msg).split()) or type(exc).__name__
+
+
+def check_out_dir(out: str, option: str = "--out") -> None:
+    """Refuse an output folder that is a file or cannot be created/written, without creating anything."""
+    p = Path(out).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UsageError(f"{option} {out!r} is a file, not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {out!r}: folder is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {out!r}: {str(parent)!r} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {out!r}: cannot create it, {str(parent)!r} is not writable")
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    from . import zoo
+    from .bench import SJ_RECIPES, parse_options
+    from .methods import get, methods
+
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if not models:
+        raise UsageError("--model: give at least one zoo entry")
+    for m in models:
+        if m not in zoo.ENTRIES:
+            raise UsageError(f"--model: unknown zoo model {m!r}; known: {', '.join(zoo.names())}")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--methods: give at least one method")
+    for name in names:
+        if name not in SJ_RECIPES and name not in methods():
+            raise UsageError(f"--methods: unknown method {name!r}; ours: {', '.join(methods())}; "
+                             f"SpikingJelly's: {', '.join(SJ_RECIPES)}")
+    ts = [t.strip() for t in args.timesteps.split(",")]
+    if not ts or any(not t.isdigit() or int(t) < 1 for t in ts):
+        raise UsageError(f"--timesteps must be comma-separated integers >= 1, got {args.timesteps!r}")
+    _positive(args, "n_test", "n_calib", "batch_size", "chunk")
+    try:
+        options = parse_options(args.method_options)
+        for name in names:
+            if name not in SJ_RECIPES:
+                get(name, **options)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--method-options: {_one_line(exc)}") from None
+    check_out_dir(args.out)
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    _positive(args, "epochs", "batch_size", "threads")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.out is not None:
+        check_out_dir(args.out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -13,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finetune = importlib.import_module(".finetune", __package__)  # the module (the package exports the function)
     from .methods import get, methods
 
-    p = argparse.ArgumentParser(prog="snnconv", description="ANN-to-SNN conversion: benchmarks, zoo training, methods.")
+    p = _Parser(prog="snnconv", description="ANN-to-SNN conversion: benchmarks, zoo training, methods.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bench", help="convert a zoo model with several methods and compare accuracy against T")
     bench.add_arguments(b)
@@ -22,17 +110,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
     finetune.add_arguments(f)
     sub.add_parser("methods", help="list registered conversion methods")
-    args = p.parse_args(argv)
-    if args.cmd == "bench":
-        return bench.run(args)
-    if args.cmd == "train":
-        return train.run(args) or 0
-    if args.cmd == "finetune":
-        finetune.run(args)
+    try:
+        args = p.parse_args(argv)
+        if args.cmd == "bench":
+            _check_bench(args)
+            return bench.run(args)
+        if args.cmd == "train":
+            _check_train(args)
+            train.run(args)
+            return 0
+        if args.cmd == "finetune":
+            finetune.run(args)
+            return 0
+        for name in methods():
+            print(f"{name:<22} {get(name).description}")
         return 0
-    for name in methods():
-        print(f"{name:<22} {get(name).description}")
-    return 0
+    except KeyboardInterrupt:
+        print("snnconv: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, KeyError, TypeError, OSError) as exc:
+        if os.environ.get("SNNCONV_DEBUG"):
+            raise
+        print(f"snnconv: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -368,33 +368,39 @@ def _load_cifar(paths: tuple[str, ...], key: tuple, label_key: bytes, num_classe
     return x, y
 
 
-def _cifar(files: list[Path], label_key: bytes, num_classes: int) -> TensorDataset:
+def _cifar(files: list[Path], label_key: bytes, num_classes: int,
+           sha256: Mapping[str, str | None] | None = None) -> TensorDataset:
     for p in files:
         if not p.is_file():
             raise FileNotFoundError(f"CIFAR batch {p} not found")
+        _verify(p, (sha256 or {}).get(p.name))  # before the file is unpickled
     key = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     x, y = _load_cifar(tuple(str(p.resolve()) for p in files), key, label_key, num_classes)
     return TensorDataset(x, y)
 
 
-def cifar10(root: str | os.PathLike, split: str = "train") -> TensorDataset:
-    """CIFAR-10 as (float32 [N,3,32,32] in [0,1], int64 [N]) from ``cifar-10-batches-py`` (or its parent)."""
+def cifar10(root: str | os.PathLike, split: str = "train",
+            sha256: Mapping[str, str | None] | None = None) -> TensorDataset:
+    """CIFAR-10 as (float32 [N,3,32,32] in [0,1], int64 [N]) from ``cifar-10-batches-py`` (or its parent).
+    ``sha256`` maps batch file names to expected digests, checked before a file is read."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     folder = _find_folder(root, "cifar-10-batches-py", "test_batch" if split == "test" else "data_batch_1")
     names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
-    return _cifar([folder / n for n in names], b"labels", 10)
+    return _cifar([folder / n for n in names], b"labels", 10, sha256)
 
 
-def cifar100(root: str | os.PathLike, split: str = "train", label: str = "fine") -> TensorDataset:
-    """CIFAR-100 as (float32 [N,3,32,32] in [0,1], int64 [N]); ``label`` picks 100 fine or 20 coarse classes."""
+def cifar100(root: str | os.PathLike, split: str = "train", label: str = "fine",
+             sha256: Mapping[str, str | None] | None = None) -> TensorDataset:
+    """CIFAR-100 as (float32 [N,3,32,32] in [0,1], int64 [N]); ``label`` picks 100 fine or 20 coarse classes.
+    ``sha256`` maps file names (``train``, ``test``) to expected digests, checked before a file is read."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if label not in ("fine", "coarse"):
         raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
     folder = _find_folder(root, "cifar-100-python", split)
     key, n = (b"fine_labels", 100) if label == "fine" else (b"coarse_labels", 20)
-    return _cifar([folder / split], key, n)
+    return _cifar([folder / split], key, n, sha256)
 
 
 # --------------------------------------------------------------------------------------------

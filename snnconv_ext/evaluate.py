@@ -7,6 +7,7 @@ stays bounded in T.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
@@ -38,8 +39,14 @@ def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what:
         raise TypeError(f"{what} has dtype {x.dtype}; expected a floating-point image tensor")
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
         raise ValueError(f"{what} has shape {tuple(x.shape)}; the converted model expects [B, {', '.join(map(str, expected))}]")
-    if torch.isnan(x).any():
-        raise ValueError(f"{what} contains NaN")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains {'NaN' if torch.isnan(x).any() else 'Inf'}")
+
+
+def check_T(T, what: str = "T") -> None:
+    """Refuse a number of time steps that is not an integer >= 1 (2.5, 0, -1, True, '4')."""
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
+        raise ValueError(f"{what}: the number of time steps must be an integer >= 1, got {T!r}")
 
 
 def _step_mode(snn: nn.Module) -> str:
@@ -56,8 +63,8 @@ def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Ite
     """Yield the accumulated readout ``[c, B, ...]`` (sum of the output layer's current over the steps so far)
     chunk by chunk for ``T`` steps of direct input ``x``. The network itself returns each step's current, as
     SpikingJelly's recipes do; single-step networks (snnTorch, ``step_mode="s"``) are stepped one by one."""
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    check_T(T)
+    check_T(chunk, "chunk")
     check_input(x, getattr(snn, "meta", {}).get("input_shape"))
     reset(snn)
     single = _step_mode(snn) == "s"
@@ -86,9 +93,16 @@ def _batches(data, device) -> Iterator:
 def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
              device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
     """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
+    if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
+        timesteps = [timesteps]
+    if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, Iterable):
+        raise TypeError(f"timesteps must be a list of positive integers, got {timesteps!r}")
+    timesteps = list(timesteps)
+    if not timesteps:
+        raise ValueError("timesteps is empty: give at least one number of time steps T >= 1")
+    for t in timesteps:
+        check_T(t, "timesteps")
     ts = sorted(set(int(t) for t in timesteps))
-    if not ts or ts[0] < 1:
-        raise ValueError(f"timesteps must be positive integers, got {timesteps}")
     device = device or next((p.device for p in snn.parameters()), torch.device("cpu"))
     snn.eval()
     correct = {t: 0 for t in ts}
@@ -96,12 +110,17 @@ def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 1
     loader = as_loader(data, batch_size)
     for x, y in tqdm(_batches(loader, device), desc=desc, disable=not progress, leave=False,
                      total=len(loader) if hasattr(loader, "__len__") else None):
+        # correct counts stay on the device; one host sync per batch, none per step
+        hits = torch.zeros(len(ts), dtype=torch.long, device=y.device)
         t0 = 0
         for out in simulate_net(snn, x, ts[-1], chunk):
-            for i in range(out.shape[0]):
-                if t0 + i + 1 in correct:
-                    correct[t0 + i + 1] += (out[i].argmax(-1) == y).sum().item()
+            rows = [k for k, t in enumerate(ts) if t0 < t <= t0 + out.shape[0]]
+            if rows:
+                steps = out[[ts[k] - t0 - 1 for k in rows]]  # [len(rows), B, classes]
+                hits[rows] += (steps.argmax(-1) == y).sum(-1)
             t0 += out.shape[0]
+        for t, c in zip(ts, hits.tolist()):
+            correct[t] += c
         total += y.shape[0]
     if total == 0:
         raise ValueError("evaluation data is empty")

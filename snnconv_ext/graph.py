@@ -104,6 +104,7 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
 
     (methods.md "Common ground"; s = sqrt(running_var + eps)). A BN that cannot be folded is refused.
     """
+    check_finite(gm)  # an Inf running_var would fold into silent zero weights
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -154,8 +155,34 @@ def _check_maxpool(where: str, method: Method) -> None:
                               "layer- or channel-wise thresholds or average pooling.")
 
 
+def check_finite(gm: nn.Module) -> None:
+    """Refuse NaN/Inf parameters or buffers, naming the module, the tensor and its shape."""
+    for kind, named in (("parameter", gm.named_parameters()), ("buffer", gm.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                owner, _, leaf = name.rpartition(".")
+                bad = "NaN" if torch.isnan(t).any() else "Inf"
+                raise ConversionError(f"module {owner!r} ({type(gm.get_submodule(owner)).__name__}): {kind} {leaf!r} "
+                                      f"of shape {tuple(t.shape)} contains {bad}")
+
+
+def _check_weights_and_sharing(gm: fx.GraphModule, method: Method) -> None:
+    """Refuse NaN/Inf parameters or buffers, and an activation module called at two places (its neuron
+    would carry one membrane state for two layers)."""
+    check_finite(gm)
+    uses: Dict[str, List[str]] = {}
+    for n in activation_nodes(gm, method):
+        uses.setdefault(n.target, []).append(n.name)
+    for target, names in uses.items():
+        if len(names) > 1:
+            raise ConversionError(f"activation module {target!r} ({type(gm.get_submodule(target)).__name__}) is used "
+                                  f"{len(names)} times (nodes {names}); a spiking neuron keeps one membrane state per "
+                                  "layer, so give each layer its own activation module")
+
+
 def check_supported(gm: fx.GraphModule, method: Method) -> None:
     """Refuse, naming the node, anything the method cannot convert faithfully. Nothing is skipped."""
+    _check_weights_and_sharing(gm, method)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         where = _where(node)
@@ -207,10 +234,17 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
         if isinstance(batch, (list, tuple)):
             if not batch:
                 raise ValueError(f"{what}: empty batch")
+            if len(batch) > 2:
+                raise ValueError(f"{what}: batch {n} is a {type(batch).__name__} of {len(batch)} items; expected "
+                                 "images, (images,) or (images, labels)")
             x = batch[0]
             y = batch[1] if len(batch) > 1 else None
         elif isinstance(batch, dict):
-            x = batch.get("input", batch.get("image", batch.get("x")))
+            keys = [k for k in ("input", "image", "x") if k in batch]
+            if not keys:
+                raise ValueError(f"{what}: batch {n} is a dict with keys {sorted(map(str, batch))}; the images must be "
+                                 "under 'input', 'image' or 'x'")
+            x = batch[keys[0]]
             y = batch.get("label", batch.get("target", batch.get("y")))
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{what}: batch {n} holds {type(x).__name__}, expected a tensor or (tensor, label)")
@@ -218,8 +252,9 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
             raise ValueError(f"{what}: batch {n} has shape {tuple(x.shape)}, expected [B, ...] with a batch dimension")
         if not x.is_floating_point():
             raise ValueError(f"{what}: batch {n} has dtype {x.dtype}, expected floating point")
-        if torch.isnan(x).any():
-            raise ValueError(f"{what}: batch {n} contains NaN")
+        if not torch.isfinite(x).all():
+            bad = "NaN" if torch.isnan(x).any() else "Inf"
+            raise ValueError(f"{what}: batch {n} contains {bad}")
         if n == 0:
             shape = tuple(x.shape[1:])
         elif tuple(x.shape[1:]) != shape:
@@ -257,19 +292,27 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
              for t in strategies]
     device = next(gm.parameters()).device
     shape = None
+    images = 0
     try:
         it = iter_inputs(data, device)
         for i, x in enumerate(tqdm(it, desc=f"calibrate {method.name}", disable=not progress, leave=False)):
             shape = tuple(x.shape[1:])
+            images += x.shape[0]
             run_ann(gm, x)
             if max_batches is not None and i + 1 >= max_batches:
                 break
     finally:
         for h in hooks:
             h.remove()
+    if images < 2:
+        raise ValueError(f"calibration data holds {images} image; thresholds are statistics of the activations and "
+                         "need at least 2 images (use a few hundred)")
     params = {}
     for t, s in strategies.items():
-        theta = s.compute()
+        try:
+            theta = s.compute()
+        except ValueError as exc:
+            raise ValueError(f"layer {t!r}: {exc}") from None
         knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
                      memory=method.memory, amplitude=method.amplitude,
                      v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)

@@ -6,6 +6,8 @@ Adding a paper means adding entries here, not a new pipeline.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple, Type, Union
 
@@ -48,6 +50,56 @@ class Method:
     allow_maxpool: bool = False
     reference: str = ""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse option values the converter would misread, naming the method, the option and the value."""
+        from . import thresholds
+
+        def bad(option: str, value, want: str) -> ValueError:
+            return ValueError(f"method {self.name!r}: option {option}={value!r} is invalid; {want}")
+
+        if self.threshold not in thresholds.names():
+            raise bad("threshold", self.threshold, f"registered threshold strategies: {thresholds.names()}")
+        if not isinstance(self.fire_at, (int, float)) or isinstance(self.fire_at, bool) \
+                or not 0.0 < float(self.fire_at) <= 1.0:
+            raise bad("fire_at", self.fire_at, "it is a fraction of theta in (0, 1]")
+        if self.v0 not in ("zero", "half"):
+            raise bad("v0", self.v0, "use 'zero' or 'half' (theta/2, DNISNM Sec. 4.1)")
+        for flag in ("signed", "memory", "allow_maxpool"):
+            if not isinstance(getattr(self, flag), bool):
+                raise bad(flag, getattr(self, flag), "use True or False")
+        if self.memory and not self.signed:
+            raise bad("memory", self.memory, "SNM memory needs a signed neuron (signed=True)")
+        if not _positive_number(self.amplitude):
+            raise bad("amplitude", self.amplitude, "the spike amplitude must be a finite number > 0")
+        if not _positive_number(self.leak) or float(self.leak) > 1.0:
+            raise bad("leak", self.leak, "the leak factor must be in (0, 1]")
+        if self.T is not None and not _positive_int(self.T):
+            raise bad("T", self.T, "T (time steps) must be a positive integer")
+        if not (self.scale == "search" or (_positive_number(self.scale))):
+            raise bad("scale", self.scale, "lambda must be a finite number > 0 or 'search'")
+        unknown = set(self.calibration) - set(CALIBRATION_PASSES)
+        if unknown:
+            raise bad("calibration", self.calibration, f"passes are a subset of {CALIBRATION_PASSES}")
+        topts = self.threshold_options
+        if "granularity" in topts and topts["granularity"] not in thresholds.GRANULARITIES:
+            raise bad("granularity", topts["granularity"], f"use one of {thresholds.GRANULARITIES}")
+        if "p" in topts and not (_number(topts["p"]) and 0.0 < float(topts["p"]) <= 100.0):
+            raise bad("p", topts["p"], "the percentile must be in (0, 100]")
+        for key in ("T", "N", "cap"):
+            if key in topts and not _positive_int(topts[key]):
+                raise bad(key, topts[key], f"{key} must be a positive integer")
+        if "rounding" in topts and topts["rounding"] not in ("round", "floor"):
+            raise bad("rounding", topts["rounding"], "use 'round' (ClipRound, Eq. 18) or 'floor' (ClipFloor)")
+        for key in ("samples", "iters", "batch", "bias_iters"):
+            if key in self.calibration_options and not _positive_int(self.calibration_options[key]):
+                raise bad(key, self.calibration_options[key], f"{key} must be a positive integer")
+        for key in ("lr", "ridge"):
+            if key in self.calibration_options and not _positive_number(self.calibration_options[key]):
+                raise bad(key, self.calibration_options[key], f"{key} must be a finite number > 0")
+
     def with_options(self, **options) -> "Method":
         """Copy with fields overridden; ``p``/``granularity``/... go to the threshold strategy, ``samples``/
         ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and an MMSE strategy."""
@@ -60,9 +112,10 @@ class Method:
             if key in options:
                 copts[key] = options.pop(key)
         if "T" in options and options["T"] is not None:
+            if not _positive_int(options["T"]):
+                raise ValueError(f"method {self.name!r}: option T={options['T']!r} is invalid; T (time steps) "
+                                 "must be a positive integer")
             options["T"] = int(options["T"])
-            if options["T"] < 1:
-                raise ValueError(f"T must be >= 1, got {options['T']}")
             if "T" in topts or options.get("threshold", self.threshold) == "mmse":
                 topts["T"] = options["T"]
         unknown = set(options) - set(self.__dataclass_fields__)
@@ -73,6 +126,20 @@ class Method:
 
 # options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
 CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
+CALIBRATION_PASSES = ("bias", "weights", "potential", "readout")  # calibrate.PASSES
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _positive_number(v) -> bool:
+    return _number(v) and float(v) > 0
+
+
+def _positive_int(v) -> bool:
+    """An integer >= 1 (an integral float such as 8.0 counts; 2.5, True and '8' do not)."""
+    return _positive_number(v) and float(v) == int(v)
 
 _REGISTRY: Dict[str, Method] = {}
 
@@ -171,6 +238,8 @@ register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile
                 threshold="percentile", threshold_options={"p": 99.9}, fire_at=0.5, activations=(Clamp, nn.ReLU),
                 reference="Meng et al. 2022, Table 7"))
 
+from . import datta as _datta  # noqa: E402,F401  (registers the 'datta' threshold strategy before the method)
+
 # --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
 register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "
                 "given T (option T=...; loss='abs' for our unsigned variant), IF with soft reset, max pooling allowed.",
@@ -179,5 +248,3 @@ register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from
 register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
                 "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, TReLU),
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))
-
-from . import datta as _datta  # noqa: E402,F401  (registers the 'datta' threshold strategy)

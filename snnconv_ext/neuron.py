@@ -77,6 +77,12 @@ class NeuronParams:
         if not bool(torch.isfinite(torch.as_tensor(self.v0).detach()).all()):
             raise ValueError(f"v0 must be finite, got {self.v0!r}")
 
+    def _fill(self, **knobs) -> "NeuronParams":
+        """Set fields without validation (hot paths build parameters of already validated modules)."""
+        for f in fields(self):
+            object.__setattr__(self, f.name, knobs.get(f.name, f.default))
+        return self
+
     @property
     def signed(self) -> bool:
         return self.theta_neg is not None
@@ -84,6 +90,7 @@ class NeuronParams:
     def to(self, like: torch.Tensor) -> "NeuronParams":
         """Copy whose tensors live on ``like``'s device and dtype (no validation, no host sync)."""
         out = object.__new__(NeuronParams)
+        same = self.theta_neg is self.theta  # symmetric thresholds stay one object (a faster soft reset)
         for f in fields(self):
             val = getattr(self, f.name)
             if isinstance(val, torch.Tensor) or (f.name in ("theta", "v0") and val is not None):
@@ -91,22 +98,36 @@ class NeuronParams:
             elif f.name in ("theta_neg", "amplitude_neg") and val is not None:
                 val = _tensor(val, like)
             object.__setattr__(out, f.name, val)
+        if same:
+            object.__setattr__(out, "theta_neg", out.theta)
         return out
 
 
 @dataclass
 class NeuronState:
     """Membrane potential ``v`` (unsigned neurons: stored ``(1 - fire_at) * theta`` higher, see the module doc)
-    and, for SNM, the counts of positive (``m``) and negative (``n``) spikes emitted so far (DNISNM Eq. 23)."""
+    and, for SNM, the memory ``m``: the net value emitted so far (DNISNM Eq. 23) in units of a positive spike's
+    value, i.e. ``n_pos - r * n_neg`` with ``r = value_neg / value_pos`` (1 with symmetric thresholds, where
+    ``m`` is an exact integer count)."""
 
     v: torch.Tensor
     m: Optional[torch.Tensor] = field(default=None)
-    n: Optional[torch.Tensor] = field(default=None)
+
+
+def _shifted(p: NeuronParams) -> bool:
+    """Whether the membrane is stored (1 - fire_at) * theta higher: unsigned, no leak (a leak would decay the
+    offset too), firing below theta. Otherwise the neuron compares v with fire_at * theta directly."""
+    return p.theta_neg is None and p.fire_at != 1.0 and _is_one(p.leak)
 
 
 def _shift(p: NeuronParams):
-    """(1 - fire_at) * theta for unsigned neurons (half-threshold firing as a raised start), else 0."""
-    return (1.0 - p.fire_at) * p.theta if (p.theta_neg is None and p.fire_at != 1.0) else 0.0
+    """(1 - fire_at) * theta where :func:`_shifted`, else 0."""
+    return (1.0 - p.fire_at) * p.theta if _shifted(p) else 0.0
+
+
+def _fire_point(p: NeuronParams):
+    """The value of the stored membrane at which an unsigned neuron fires."""
+    return p.theta if (p.fire_at == 1.0 or _shifted(p)) else p.theta * p.fire_at
 
 
 def start_potential(p: NeuronParams) -> Param:
@@ -119,9 +140,7 @@ def init_state(x_t: torch.Tensor, p: NeuronParams) -> NeuronState:
     dtype = torch.promote_types(x_t.dtype, torch.float32)
     v = torch.empty_like(x_t, dtype=dtype)
     v.copy_(torch.as_tensor(start_potential(p), dtype=dtype, device=v.device).expand_as(v))
-    if p.memory:
-        return NeuronState(v, torch.zeros_like(v), torch.zeros_like(v))
-    return NeuronState(v)
+    return NeuronState(v, torch.zeros_like(v) if p.memory else None)
 
 
 def spike_values(p: NeuronParams):
@@ -141,20 +160,31 @@ def value(s: torch.Tensor, p: NeuronParams) -> torch.Tensor:
     return torch.where(s > 0, s * pos, s * neg)
 
 
-def _snm_gate(state: NeuronState, p: NeuronParams) -> torch.Tensor:
-    """SNM (DNISNM Eq. 21): a negative spike only if the net emitted value stays >= 0 after it:
-    value_pos * n_pos >= value_neg * (n_neg + 1). With symmetric thresholds this is the paper's m > 0."""
+def _ratio(p: NeuronParams):
+    """r = value of a negative spike / value of a positive one (1.0, a float, when they are the same object)."""
+    if p.theta_neg is p.theta and p.amplitude_neg is None:
+        return 1.0
     pos, neg = spike_values(p)
-    return state.m * pos >= (state.n + 1) * neg
+    return neg / pos
+
+
+def _points(p: NeuronParams) -> tuple:
+    """Fire points (positive, negative) of the stored membrane, computed once per window."""
+    if p.theta_neg is None:
+        return _fire_point(p), None
+    f = p.fire_at
+    return (p.theta * f if f != 1.0 else p.theta), (-(p.theta_neg * f) if f != 1.0 else -p.theta_neg)
 
 
 @torch.no_grad()
-def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[torch.Tensor] = None,
+          points: Optional[tuple] = None) -> torch.Tensor:
     """Advance ``state`` one time step in place with input current ``x_t``; return the binary spikes.
 
     The fast inference path (no autograd). ``p`` must already be on ``x_t``'s device (``NeuronParams.to``).
-    ``out`` may receive the result.
+    ``out`` may receive the result; ``points`` is ``_points(p)`` when the caller loops over time.
     """
+    pos_at, neg_at = points if points is not None else _points(p)
     v = state.v
     if not _is_one(p.leak):
         v.mul_(p.leak)  # LIF leak; 1.0 is IF
@@ -162,23 +192,26 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
     if out is None:
         out = torch.empty_like(v)
     if p.theta_neg is None:
-        torch.ge(v, p.theta, out=out)  # fire at v >= theta (stored shifted for fire_at < 1, ttrbr Eq. 12)
+        torch.ge(v, pos_at, out=out)  # fire at v >= fire_at*theta (ttrbr Eq. 12; stored shifted if no leak)
         if isinstance(p.theta, torch.Tensor):
             v.addcmul_(out, p.theta, value=-1)  # soft reset, DNISNM Eq. 22
         else:
             v.sub_(out, alpha=float(p.theta))
         return out
-    f = p.fire_at
-    torch.ge(v, p.theta * f if f != 1.0 else p.theta, out=out)  # positive spike (stReLU Sec. 3)
-    neg = torch.le(v, -(p.theta_neg * f) if f != 1.0 else -p.theta_neg)  # negative spike, same fire point
+    torch.ge(v, pos_at, out=out)  # positive spike at v >= fire_at*theta (stReLU Sec. 3)
+    neg = torch.le(v, neg_at)  # negative spike at v <= -fire_at*theta_neg, the same fire point
+    r = _ratio(p) if p.memory else None
     if p.memory:
-        neg &= _snm_gate(state, p)  # a positive spike this step excludes a negative one: gate from t-1 counts
-        state.m.add_(out)
-        state.n.add_(neg)
-    neg = neg.to(out.dtype)
-    v.addcmul_(out, torch.as_tensor(p.theta, dtype=v.dtype, device=v.device), value=-1)  # soft reset, Eq. 22
-    v.addcmul_(neg, torch.as_tensor(p.theta_neg, dtype=v.dtype, device=v.device))
-    out.sub_(neg)
+        neg &= state.m >= r  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike;
+        # a positive spike this step excludes a negative one, so the gate uses m(t-1)
+    out.sub_(neg.to(out.dtype))
+    if p.theta_neg is p.theta:  # symmetric: one soft reset v -= theta * s (DNISNM Eq. 22)
+        v.addcmul_(out, p.theta, value=-1) if isinstance(p.theta, torch.Tensor) else v.sub_(out, alpha=p.theta)
+    else:
+        v.addcmul_(out.clamp(min=0), torch.as_tensor(p.theta, dtype=v.dtype, device=v.device), value=-1)
+        v.addcmul_(out.clamp(max=0), torch.as_tensor(p.theta_neg, dtype=v.dtype, device=v.device), value=-1)
+    if p.memory:  # Eq. 23: m += s (in units of a positive spike's value)
+        state.m.add_(out) if isinstance(r, float) and r == 1.0 else state.m.add_(torch.where(out < 0, out * r, out))
     return out
 
 
@@ -197,18 +230,19 @@ def step(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opti
     sg = surrogate or heaviside
     h = x_t + (state.v if _is_one(p.leak) else p.leak * state.v)  # charge (DNISNM Eq. 19)
     if p.theta_neg is None:
-        s = sg(h - p.theta)  # fire (ttrbr Eq. 12 via the stored shift)
+        s = sg(h - _fire_point(p))  # fire (ttrbr Eq. 12, via the stored shift where there is no leak)
         r = s.detach() if detach_reset else s
         return s, NeuronState(h - r * p.theta)  # soft reset (DNISNM Eq. 22)
     f = p.fire_at
     pos = sg(h - p.theta * f)
     neg = sg(-h - p.theta_neg * f)
-    m = n = None
+    m = None
     if p.memory:
-        neg = neg * _snm_gate(state, p).to(neg.dtype)  # DNISNM Eq. 21
-        m, n = state.m + pos.detach(), state.n + neg.detach()  # Eq. 23
+        r = _ratio(p)
+        neg = neg * (state.m >= r).to(neg.dtype)  # DNISNM Eq. 21
+        m = state.m + pos.detach() - r * neg.detach()  # Eq. 23
     rp, rn = (pos.detach(), neg.detach()) if detach_reset else (pos, neg)
-    return pos - neg, NeuronState(h - rp * p.theta + rn * p.theta_neg, m, n)
+    return pos - neg, NeuronState(h - rp * p.theta + rn * p.theta_neg, m)
 
 
 def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Optional[Surrogate] = None,
@@ -218,11 +252,11 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
     Without autograd (or without a surrogate) the in-place fast path; otherwise the differentiable one.
     """
     if surrogate is None or not torch.is_grad_enabled():
-        st = NeuronState(state.v.clone(), None if state.m is None else state.m.clone(),
-                         None if state.n is None else state.n.clone())
+        st = NeuronState(state.v.clone(), None if state.m is None else state.m.clone())
         out = torch.empty(x_seq.shape, dtype=st.v.dtype, device=st.v.device)
+        points = _points(p)
         for t in range(x_seq.shape[0]):
-            step_(x_seq[t], st, p, out=out[t])
+            step_(x_seq[t], st, p, out=out[t], points=points)
         return out, st
     spikes = []
     for t in range(x_seq.shape[0]):

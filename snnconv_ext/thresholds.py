@@ -12,6 +12,8 @@ Strategies are registered by name (:func:`register`) and built with :func:`get`;
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -44,6 +46,15 @@ def get(name: str, **kwargs) -> "ThresholdStrategy":
 def names() -> List[str]:
     """Registered strategy names."""
     return sorted(_REGISTRY)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _is_count(v) -> bool:
+    """An integer >= 1 (8.0 counts, 2.5 and True do not)."""
+    return _is_number(v) and float(v) >= 1 and float(v) == int(v)
 
 
 def _channels_first(z: torch.Tensor) -> torch.Tensor:
@@ -79,6 +90,13 @@ class ThresholdStrategy:
         if self.count == 0:
             raise RuntimeError(f"{type(self).__name__}: no activations observed (empty calibration data?)")
 
+    def _check_finite(self, theta: torch.Tensor) -> torch.Tensor:
+        """Refuse a threshold computed from NaN/Inf activations (non-finite weights or calibration inputs)."""
+        if not torch.isfinite(theta).all():
+            raise ValueError(f"{type(self).__name__}: the recorded activations contain NaN or Inf, so the threshold "
+                             "is not finite; check the layer's weights and the calibration data")
+        return theta
+
     @staticmethod
     def _positive(theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         # A dead channel (never positive) would get theta=0: give it a tiny positive threshold instead;
@@ -108,7 +126,7 @@ class MaxThreshold(ThresholdStrategy):
 
     def compute(self) -> torch.Tensor:
         self._check_ready()
-        theta = self._positive(self.value)
+        theta = self._positive(self._check_finite(self.value))
         return _shape_channel(theta, self._sample_dim) if self.granularity == "channel" else theta
 
 
@@ -124,8 +142,10 @@ class PercentileThreshold(ThresholdStrategy):
         super().__init__(granularity)
         if granularity == "neuron":
             raise ValueError("percentile thresholds are layer- or channel-wise")
-        if not 0.0 < p <= 100.0:
-            raise ValueError(f"percentile p must be in (0, 100], got {p}")
+        if not _is_number(p) or not 0.0 < p <= 100.0:
+            raise ValueError(f"percentile p must be in (0, 100], got {p!r}")
+        if not _is_count(cap):
+            raise ValueError(f"percentile cap (values kept per layer) must be a positive integer, got {cap!r}")
         self.p, self.cap = float(p), int(cap)
         self.values: List[torch.Tensor] = []
         self.n = 0
@@ -152,7 +172,7 @@ class PercentileThreshold(ThresholdStrategy):
             self._shrink()
         allv = torch.cat(self.values, dim=1)
         k = max(1, min(allv.shape[1], int(round(self.p / 100.0 * allv.shape[1]))))
-        theta = self._positive(allv.kthvalue(k, dim=1).values)
+        theta = self._positive(self._check_finite(allv.kthvalue(k, dim=1).values))
         return theta[0] if self.granularity == "layer" else _shape_channel(theta, self._sample_dim)
 
 
@@ -197,8 +217,8 @@ class MMSEThreshold(PercentileThreshold):
     def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
                  cap: int = 1 << 18, seed: int = 0) -> None:
         super().__init__(p=100.0, granularity=granularity, cap=cap, seed=seed)
-        if int(T) < 1 or int(N) < 1:
-            raise ValueError(f"MMSE needs T >= 1 and N >= 1 grid points, got T={T}, N={N}")
+        if not _is_count(T) or not _is_count(N):
+            raise ValueError(f"MMSE needs integers T >= 1 and N >= 1 grid points, got T={T!r}, N={N!r}")
         if rounding not in ("round", "floor"):
             raise ValueError(f"rounding must be 'round' (Eq. 18) or 'floor' (ClipFloor), got {rounding!r}")
         self.T, self.N, self.rounding = int(T), int(N), rounding
@@ -208,7 +228,7 @@ class MMSEThreshold(PercentileThreshold):
         if self.n > self.cap:
             self._shrink()
         x = torch.cat(self.values, dim=1)  # [groups, n], already ReLU'd
-        top = x.max(dim=1).values.clamp_min(1e-8)  # [groups]
+        top = self._check_finite(x.max(dim=1).values).clamp_min(1e-8)  # [groups]
         best_err = torch.full_like(top, float("inf"))
         best = top.clone()
         for j in range(1, self.N + 1):  # Algorithm 1: theta_j = j/N * max

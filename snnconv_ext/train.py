@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha-decay", type=float, default=None,
                         help="L2 penalty on the Clamp upper levels alpha (TTRBR Sec. 4); default: the entry's recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
 
 
@@ -105,13 +106,15 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
 
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: TensorDataset, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``ds``."""
+    """Top-1 accuracy (%) of ``model`` on ``ds`` (on the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     x_all, y_all = ds.tensors[0], ds.tensors[1]
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for i in range(0, len(y_all), batch_size):
-        correct += (model(x_all[i:i + batch_size]).argmax(1) == y_all[i:i + batch_size]).sum().item()
-    return 100.0 * correct / max(len(y_all), 1)
+        yb = y_all[i:i + batch_size].to(device)
+        correct += (model(x_all[i:i + batch_size].to(device)).argmax(1) == yb).sum()
+    return 100.0 * int(correct) / max(len(y_all), 1)
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,6 +138,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "data_root": args.data_root,
         "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
+        "device": torch.device(getattr(args, "device", None) or "cpu"),
     }
     if r["dataset"] not in DATASETS:
         raise ValueError(f"unknown dataset {r['dataset']!r}; known: {sorted(DATASETS)}")
@@ -219,6 +223,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     if r["init"]:
         _init_from(model, r, train_ds)
     n_params = sum(p.numel() for p in model.parameters())
+    model.to(r["device"])
     sampler_gen = torch.Generator().manual_seed(r["seed"])
     aug_gen = torch.Generator().manual_seed(r["seed"] + 1)
     pad, flip = _parse_augment(r["augment"])
@@ -241,7 +246,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
                    leave=True, unit="batch")
         tot_loss, tot_ok, seen = 0.0, 0, 0
         for xb, yb in bar:
-            xb = augment_batch(xb, pad, flip, aug_gen)
+            xb = augment_batch(xb, pad, flip, aug_gen).to(r["device"])
+            yb = yb.to(r["device"])
             out = model(xb)
             loss = loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -260,9 +266,9 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
 
     model.eval()
     acc32 = evaluate(model, test_ds)
-    state32 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state32 = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     state16 = {k: (v.half() if v.is_floating_point() else v) for k, v in state32.items()}
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state16.items()})
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state16.items()})  # copies to device
     acc16 = evaluate(model, test_ds)
     use16 = abs(acc16 - acc32) <= 0.02 + 1e-9
     state, acc = (state16, acc16) if use16 else (state32, acc32)
@@ -270,7 +276,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     out_dir = Path(r["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
     file = out_dir / f"{r['model']}.pt"
-    torch.save(state, file)
+    zoo.save_atomic(state, file)  # temp file + rename: an interrupt never leaves a half-written checkpoint
     entry = {
         "file": file.name,
         "sha256": zoo.sha256_file(file),

@@ -21,7 +21,7 @@ ZOO_DIR = Path(__file__).resolve().with_name("zoo")
 MANIFEST_NAME = "manifest.json"
 
 __all__ = ["Entry", "ENTRIES", "ZOO_DIR", "names", "path", "load", "load_state", "read_state_dict",
-           "read_manifest", "write_manifest_entry", "sha256_file", "train_command"]
+           "read_manifest", "write_manifest_entry", "sha256_file", "save_atomic", "train_command"]
 
 
 @dataclass(frozen=True)
@@ -179,14 +179,40 @@ def write_manifest_entry(name: str, entry: dict[str, Any],
     manifest[name] = entry
     mpath = rdir / MANIFEST_NAME
     fd, tmp = tempfile.mkstemp(dir=rdir, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(manifest.items())), f, indent=2, sort_keys=False)
-        f.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the manifest normal file permissions
-    os.replace(tmp, mpath)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(dict(sorted(manifest.items())), f, indent=2, sort_keys=False)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the manifest normal file permissions
+        os.replace(tmp, mpath)
+    except BaseException:  # an interrupted write leaves the old manifest and no temporary file
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return mpath
+
+
+def save_atomic(state: dict[str, torch.Tensor], file: str | os.PathLike) -> Path:
+    """``torch.save`` into a temporary file next to ``file``, then rename it into place, so an interrupted
+    run leaves either the old file or the complete new one, never a half-written checkpoint."""
+    file = Path(file)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, file)
+    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return file
 
 
 def sha256_file(p: str | os.PathLike) -> str:
@@ -243,6 +269,10 @@ def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {file} does not hold a state_dict (name -> tensor)")
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = "NaN" if torch.isnan(v).any() else "Inf"
+            raise ValueError(f"checkpoint {file}: tensor {k!r} of shape {tuple(v.shape)} contains {bad}")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 

@@ -1,6 +1,8 @@
 """`snnconv bench` end to end on a small slice: table, CSV and plot, our rows beside SpikingJelly's."""
 import csv
 
+import pytest
+
 from snnconv_ext import bench, cli
 
 
@@ -9,7 +11,7 @@ def test_bench_writes_csv_and_plot(tmp_path, capsys):
                    "--n-test", "100", "--n-calib", "256", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert [r.keys() for r in rows][0] == {"model", "method", "T", "accuracy", "ann_accuracy"}
+    assert list(rows[0].keys()) == bench.FIELDS
     assert {(r["method"], r["T"]) for r in rows} == {("percentile", "1"), ("percentile", "8"),
                                                      ("sj-best", "1"), ("sj-best", "8")}
     assert (tmp_path / "accuracy_vs_T.png").stat().st_size > 1000
@@ -17,6 +19,14 @@ def test_bench_writes_csv_and_plot(tmp_path, capsys):
     assert "sj-best" in out and "T=8" in out and "ANN" in out
     acc = {(r["method"], int(r["T"])): float(r["accuracy"]) for r in rows}
     assert acc[("percentile", 8)] > acc[("percentile", 1)]
+    # energy columns: ANN energy of Net4 as stReLU's Table 5 gives it (4.80e6 MACs x 4.6 pJ = 22.06 uJ); the SNN's
+    # is the analog first layer's MACs every step (24*24*32*25 = 460800) plus 0.9 pJ per synaptic operation
+    for r in rows:
+        assert round(float(r["ann_energy_uj"]), 2) == 22.06
+        T, synops = int(r["T"]), float(r["synops"])
+        assert float(r["energy_uj"]) == pytest.approx((4.6 * 460800 * T + 0.9 * synops) * 1e-6, rel=1e-4)
+    spikes = {(r["method"], int(r["T"])): float(r["spikes_per_image"]) for r in rows}
+    assert spikes[("percentile", 8)] > spikes[("percentile", 1)]
 
 
 def test_cli_lists_methods(capsys):
@@ -45,3 +55,14 @@ def test_method_options_parse():
     import pytest
     with pytest.raises(ValueError, match="key=value"):
         parse_options("samples")
+
+
+def test_bench_snntorch_backend_gives_the_same_rows(tmp_path):
+    # our methods converted into snnTorch networks: same accuracy and spike counts as in SpikingJelly
+    args = ["bench", "--model", "fmnist-net4", "--methods", "percentile", "--timesteps", "2,4", "--n-test", "64",
+            "--n-calib", "128", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "sj")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "st"), "--backend", "snntorch"]) == 0
+    a, b = (list(csv.DictReader(open(tmp_path / d / "results.csv"))) for d in ("sj", "st"))
+    for ra, rb in zip(a, b):
+        assert ra["accuracy"] == rb["accuracy"] and ra["spikes_per_image"] == rb["spikes_per_image"]

@@ -24,11 +24,11 @@ def test_quantize_equals_neuron_mean_for_constant_input_with_v0(T):
     theta = 0.5
     xs = torch.cat([(torch.arange(-40, 120) / 64.0).repeat(2), torch.arange(0, 120) / 64.0])
     v0 = torch.cat([torch.tensor([-0.25, 0.125]).repeat_interleave(160), torch.full((120,), 0.375)])
-    mean = simulate(xs.expand(T, -1).contiguous(), theta=theta, fire_at=0.5, v0=v0).mean(0)
+    mean = theta * simulate(xs.expand(T, -1).contiguous(), theta=theta, fire_at=0.5, v0=v0).mean(0)  # spikes worth theta
     q = cal.quantize(xs, NeuronParams(theta=theta, fire_at=0.5, v0=v0), T)
     assert torch.equal(mean, q)
     # fire_at = 1 is ClipFloor (Eq. 10)
-    mean = simulate(xs.expand(T, -1).contiguous(), theta=theta).mean(0)
+    mean = theta * simulate(xs.expand(T, -1).contiguous(), theta=theta).mean(0)
     assert torch.equal(mean, cal.quantize(xs, NeuronParams(theta=theta), T))
 
 

@@ -50,7 +50,7 @@ def test_dnisnm_fig3_asynchronism():
     p = NeuronParams(theta=1.0, theta_neg=1.0, memory=True).to(currents[0])
     st = init_state(currents[0], p)
     snm = [step_(currents[t], st, p).item() for t in range(4)]
-    assert st.v.item() == 0.0 and st.m.item() - st.n.item() == 3.0  # state at t4, as in Fig. 6(b)
+    assert st.v.item() == 0.0 and st.m.item() == 3.0  # state at t4, as in Fig. 6(b)
     snm.append(step_(currents[4], st, p).item())
     assert snm == [1, 1, 1, 0, -1] and sum(snm) == 2  # the ANN's output
 

@@ -61,16 +61,18 @@ class Neuron(snn.Leaky):
                              torch.as_tensor(p.theta_neg, dtype=torch.float32).clone())
         self.register_buffer("v0", torch.as_tensor(p.v0, dtype=torch.float32).clone())
         self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
+        self._symmetric = p.theta_neg is not None and not learn_threshold and bool(torch.equal(
+            *torch.broadcast_tensors(torch.as_tensor(p.theta), torch.as_tensor(p.theta_neg))))
         self._plain_if = isinstance(p.leak, (int, float)) and float(p.leak) == 1.0 and not learn_beta  # beta = 1: IF
         self.amplitude, self.amplitude_neg = p.amplitude, p.amplitude_neg
         self._written: Optional[torch.Tensor] = None  # the mem tensor we last wrote; anything else means "reset"
-        self.m: Optional[torch.Tensor] = None
-        self.n: Optional[torch.Tensor] = None
+        self.m: Optional[torch.Tensor] = None  # SNM memory (DNISNM Eq. 23)
 
     def params(self, like: torch.Tensor) -> NeuronParams:
         """The neuron's knobs as core ``NeuronParams`` (no validation, no host sync)."""
         p = object.__new__(NeuronParams)
-        p.__dict__.update(theta=self.threshold, fire_at=self.fire_at, theta_neg=self.theta_neg, memory=self.memory,
+        p.__dict__.update(theta=self.threshold, fire_at=self.fire_at,
+                          theta_neg=self.threshold if self._symmetric else self.theta_neg, memory=self.memory,
                           amplitude=self.amplitude, v0=self.v0, leak=1.0 if self._plain_if else self.beta.clamp(0, 1),
                           amplitude_neg=self.amplitude_neg)
         return p.to(like)
@@ -78,7 +80,7 @@ class Neuron(snn.Leaky):
     def reset(self) -> None:
         """Forget the state of this neuron only (v = v0 at the next step)."""
         self.mem = torch.zeros(0, device=self.mem.device)
-        self._written, self.m, self.n = None, None, None
+        self._written, self.m = None, None
 
     def reset_mem(self):
         self.reset()
@@ -92,13 +94,13 @@ class Neuron(snn.Leaky):
         if cur is not self._written or cur.shape != input_.shape:  # after a reset, or first call: v = v0, m = n = 0
             st = init_state(input_, p)
         else:
-            st = NeuronState(cur, self.m, self.n)
+            st = NeuronState(cur, self.m)
         if torch.is_grad_enabled() and (input_.requires_grad or any(q.requires_grad for q in self.parameters())):
             spk, st = step(input_, st, p, _with_grad_of(self.spike_grad))
         else:
-            st = NeuronState(st.v.clone(), *((st.m.clone(), st.n.clone()) if st.m is not None else ()))
+            st = NeuronState(st.v.clone(), None if st.m is None else st.m.clone())
             spk = step_(input_, st, p)
-        self.mem, self.m, self.n = st.v, st.m, st.n
+        self.mem, self.m = st.v, st.m
         self._written = self.mem
         if not (isinstance(self.graded_spikes_factor, float) and self.graded_spikes_factor == 1.0):
             spk = spk * self.graded_spikes_factor

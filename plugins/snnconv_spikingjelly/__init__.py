@@ -37,12 +37,13 @@ from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, spike_values, start_potential, step, step_
 
-__all__ = ["SnnconvNode", "SeqModule", "SnnconvRecipe", "recipe_class", "recipes", "convert", "spikingjelly_node",
+__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "SnnconvRecipe", "recipe_class", "recipes", "convert", "spikingjelly_node",
            "node_params", "STATEFUL", "TRAINABLE"]
 
 # knobs a node can learn (nn.Parameter on request): SpikingJelly's name -> NeuronParams field
 TRAINABLE = {"v_threshold": "theta", "v_threshold_neg": "theta_neg", "v0": "v0", "leak": "leak",
              "amplitude": "amplitude"}
+_STORED = {"v_threshold_neg": "_theta_neg"}  # stored under another name: v_threshold_neg is a property
 
 
 class SeqModule(graph.SeqModule, base.StepModule):
@@ -69,20 +70,30 @@ class SnnconvNode(sj_neuron.BaseNode):
         if "v_threshold_neg" in trainable and p.theta_neg is None:
             raise ValueError("v_threshold_neg is trainable only on a signed neuron")
         del self.v_threshold  # BaseNode's float; ours is a tensor (buffer or parameter)
+        # symmetric thresholds share one tensor (one soft reset per step) unless the negative one is trained
+        self.symmetric = p.theta_neg is not None and "v_threshold_neg" not in trainable and \
+            (p.theta_neg is p.theta or torch.equal(*torch.broadcast_tensors(torch.as_tensor(p.theta),
+                                                                          torch.as_tensor(p.theta_neg))))
         for name, fld in TRAINABLE.items():
             val = getattr(p, fld)
-            if val is None or (name in ("leak", "amplitude") and name not in trainable and not isinstance(val, torch.Tensor)):
-                setattr(self, name, val)  # None, or a plain float knob (1.0 skips the multiply)
+            attr = _STORED.get(name, name)
+            if val is None or (name == "v_threshold_neg" and self.symmetric) or \
+                    (name in ("leak", "amplitude") and name not in trainable and not isinstance(val, torch.Tensor)):
+                setattr(self, attr, None if name == "v_threshold_neg" else val)  # None, or a plain float knob
                 continue
             t = torch.as_tensor(val, dtype=torch.float32).detach().clone()
             if name in trainable:
-                setattr(self, name, nn.Parameter(t))
+                setattr(self, attr, nn.Parameter(t))
             else:
-                self.register_buffer(name, t)
+                self.register_buffer(attr, t)
         self.amplitude_neg = None if p.amplitude_neg is None else torch.as_tensor(p.amplitude_neg, dtype=torch.float32)
         self.fire_at, self.memory = float(p.fire_at), bool(p.memory)
-        self.register_memory("m", 0.0)  # SNM: positive spikes so far (DNISNM Eq. 23)
-        self.register_memory("n", 0.0)  # SNM: negative spikes so far
+        self.register_memory("m", 0.0)  # SNM memory: the net emitted value so far (DNISNM Eq. 23)
+
+    @property
+    def v_threshold_neg(self) -> Optional[torch.Tensor]:
+        """Magnitude of the negative threshold (None: unsigned); the same tensor as ``v_threshold`` when symmetric."""
+        return self.v_threshold if self.symmetric else self._theta_neg
 
     @property
     def theta(self) -> torch.Tensor:
@@ -102,7 +113,7 @@ class SnnconvNode(sj_neuron.BaseNode):
         v = states[0]
         if not isinstance(v, torch.Tensor) or v.shape != x.shape:
             st = init_state(x, self.params(x))
-            return (st.v, *((st.m, st.n) if st.m is not None else (0.0, 0.0)))
+            return (st.v, st.m if st.m is not None else 0.0)
         return states
 
     def _surrogate(self, x: torch.Tensor):
@@ -111,23 +122,21 @@ class SnnconvNode(sj_neuron.BaseNode):
         return None
 
     def single_step_functional_forward(self, inputs, states):
-        x, (v, m, n) = inputs[0], states
+        x, (v, m) = inputs[0], states
         p = self.params(x)
-        st = NeuronState(v, m if self.memory else None, n if self.memory else None)
         sg = self._surrogate(x)
         if sg is None:
-            st = NeuronState(v.clone(), *((m.clone(), n.clone()) if self.memory else ()))
+            st = NeuronState(v.clone(), m.clone() if self.memory else None)
             s = step_(x, st, p)
         else:
-            s, st = step(x, st, p, sg, self.detach_reset)
-        return (s,), (st.v, *((st.m, st.n) if self.memory else (m, n)))
+            s, st = step(x, NeuronState(v, m if self.memory else None), p, sg, self.detach_reset)
+        return (s,), (st.v, st.m if self.memory else m)
 
     def multi_step_functional_forward(self, inputs, states):
-        x, (v, m, n) = inputs[0], states
-        p = self.params(x[0])
-        s, st = run(x, NeuronState(v, m if self.memory else None, n if self.memory else None), p,
-                    self._surrogate(x), self.detach_reset)
-        return (s,), (st.v, *((st.m, st.n) if self.memory else (m, n)))
+        x, (v, m) = inputs[0], states
+        s, st = run(x, NeuronState(v, m if self.memory else None), self.params(x[0]), self._surrogate(x),
+                    self.detach_reset)
+        return (s,), (st.v, st.m if self.memory else m)
 
     def extra_repr(self) -> str:
         def shape(t):
@@ -137,6 +146,35 @@ class SnnconvNode(sj_neuron.BaseNode):
         signed = "" if self.v_threshold_neg is None else f", v_threshold_neg={shape(self.v_threshold_neg)}"
         return (f"v_threshold={shape(self.v_threshold)}{signed}, fire_at={self.fire_at}, v0={shape(self.v0)}, "
                 f"memory={self.memory}, leak={shape(self.leak)}, step_mode={self.step_mode}")
+
+
+def _fast_multi_step(node: sj_neuron.BaseNode, x_seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+    """SpikingJelly's ``multi_step_forward`` semantics on the core's in-place loop (same spikes, same state)."""
+    states = node.materialize_states((x_seq,), tuple(node._memories.values()), "m")
+    s, st = run(x_seq, NeuronState(states[0]), p.to(x_seq[0]))
+    node._memories["v"] = st.v
+    return s
+
+
+class IFNode(sj_neuron.IFNode):
+    """SpikingJelly's ``IFNode`` (soft reset); on CPU without autograd its multi-step pass runs the core's
+    in-place loop, which gives the same spikes and is several times faster there than SpikingJelly's CPU path
+    (``benchmarks/sim_speed.py``). On CUDA, or when training, SpikingJelly's own kernels run."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=self.v_threshold))
+
+
+class TernaryIFNode(sj_neuron.TernaryIFNode):
+    """SpikingJelly's ``TernaryIFNode`` (signed soft reset), with the same CPU fast path as :class:`IFNode`."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        th = self.v_threshold
+        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=th, theta_neg=th))
 
 
 def _scalar(t) -> Optional[float]:
@@ -155,7 +193,7 @@ def spikingjelly_node(p: NeuronParams, step_mode: str = "m", native: bool = True
     if native and plain and theta is not None and p.theta_neg is None:
         v_start = _scalar(start_potential(p))
         if v_start is not None:
-            node = sj_neuron.IFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+            node = IFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
             if v_start != 0.0:  # half-threshold firing (ttrbr Eq. 12) / v0 = theta/2 (DNISNM Sec. 4.1)
                 node.set_reset_value("v", v_start)
                 node.v = v_start
@@ -163,7 +201,7 @@ def spikingjelly_node(p: NeuronParams, step_mode: str = "m", native: bool = True
             return node
     if native and plain and theta is not None and p.theta_neg is not None and p.fire_at == 1.0 \
             and _scalar(p.theta_neg) == theta and _scalar(p.v0) == 0.0:
-        node = sj_neuron.TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
+        node = TernaryIFNode(v_threshold=theta, v_reset=None, surrogate_function=sg, step_mode=step_mode)
         node.snnconv_params = p
         return node
     return SnnconvNode(p, step_mode=step_mode, surrogate_function=sg, trainable=trainable)

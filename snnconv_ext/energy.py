@@ -1,0 +1,445 @@
+"""Operation counts and energy estimates: the ANN's MACs against the SNN's measured synaptic operations.
+
+Per weighted layer (conv / linear) of a converted network:
+
+* ``macs``: the ANN's multiply-accumulates per image, k*k*c_in/groups*c_out*h_out*w_out (conv) or
+  f_in*f_out (linear) (DNISNM Eq. 24).
+* ``synops``: the SNN's synaptic operations (accumulates) per image over T steps, counted exactly: every
+  spike (nonzero output of a spiking module, so signed -1 spikes count too) costs one accumulate per
+  connection it has into the layer. Connections are counted per input position by probing the layer
+  (and the pooling / flatten / scaling modules in between) with one-hot inputs, so borders and
+  avg-pool-then-conv are exact. DNISNM Eq. 25 / TTRBR Eq. 15 approximate this by spikes per neuron times
+  the ANN's MACs; ``synops_rate`` gives that approximation for comparison.
+* layers fed by the analog input (direct encoding) cost MACs in the SNN too (DNISNM Eq. 26, Datta & Beerel
+  Sec. VI-B), ``T`` times by default (the current is recomputed every step; our simulator computes it once).
+
+Energy (pJ per op, :data:`CONSTANTS`): E_ANN = e_mac * MACs; E_SNN = e_mac * analog MACs + e_ac * synops
+(DNISNM Eq. 26; Datta & Beerel Sec. VI-B; stReLU Eqs. 23-24 with e_ac = 77 fJ per SOP).
+"""
+from __future__ import annotations
+
+import math
+import operator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+
+__all__ = ["Constants", "CONSTANTS", "constants", "Report", "SpikeMeter", "measure", "spiking_modules",
+           "ann_macs"]
+
+
+@dataclass(frozen=True)
+class Constants:
+    """Energy per operation in picojoules: one MAC (ANN, analog first layer) and one AC / synaptic op."""
+
+    name: str
+    e_mac: float
+    e_ac: float
+    source: str = ""
+
+
+CONSTANTS: Dict[str, Constants] = {
+    # 45 nm CMOS (Horowitz 2014) as used in TTRBR Eq. 15, DNISNM Eq. 26 and Li et al. Sec. 6
+    "45nm": Constants("45nm", 4.6, 0.9, "45 nm CMOS, 32-bit float (TTRBR Eq. 15, DNISNM Eq. 26, Li et al.)"),
+    # Datta & Beerel Sec. VI-B: 45 nm, 0.9 V, 32-bit integer: E_MAC = 3.2 pJ, E_AC = 0.1 pJ
+    "datta": Constants("datta", 3.2, 0.1, "45 nm CMOS, 32-bit int (Datta & Beerel Sec. VI-B)"),
+    # stReLU Eqs. 23-24: 4.6 pJ per MAC, 77 fJ per synaptic operation
+    "strelu": Constants("strelu", 4.6, 0.077, "4.6 pJ/MAC, 77 fJ/SOP (stReLU Eqs. 23-24)"),
+}
+
+
+def constants(spec: Union[str, Constants, Tuple[float, float]]) -> Constants:
+    """A named set (``"45nm"``, ``"datta"``, ``"strelu"``), a :class:`Constants`, or ``(e_mac, e_ac)`` in pJ."""
+    if isinstance(spec, Constants):
+        return spec
+    if isinstance(spec, str):
+        if spec in CONSTANTS:
+            return CONSTANTS[spec]
+        try:
+            mac, ac = (float(v) for v in spec.split(":"))
+        except ValueError:
+            raise KeyError(f"unknown energy constants {spec!r}; named sets: {sorted(CONSTANTS)}, "
+                           "or 'E_MAC:E_AC' in pJ") from None
+        return Constants(spec, mac, ac, "user")
+    mac, ac = spec
+    return Constants(f"{mac}:{ac}", float(mac), float(ac), "user")
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d)
+_IDENTITY_NAMES = {"Scale", "VoltageScaler", "ChannelVoltageScaler", "Identity", "Dropout", "Dropout2d",
+                   "BatchNorm1d", "BatchNorm2d"}
+
+
+def _is_spiking(mod: nn.Module) -> bool:
+    """A spiking neuron: SpikingJelly ``BaseNode`` or snnTorch ``SpikingNeuron`` (or a wrapper holding one)."""
+    kinds: Tuple[type, ...] = ()
+    try:
+        from spikingjelly.activation_based.neuron import BaseNode
+        kinds += (BaseNode,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from snntorch._neurons.neurons import SpikingNeuron
+        kinds += (SpikingNeuron,)
+    except ImportError:  # pragma: no cover
+        pass
+    return any(isinstance(m, kinds) for m in mod.modules())
+
+
+def _is_stateful(mod: nn.Module) -> bool:
+    try:
+        from spikingjelly.activation_based.base import MemoryModule
+    except ImportError:  # pragma: no cover
+        return False
+    return any(isinstance(m, MemoryModule) for m in mod.modules())
+
+
+def _unwrap(mod: nn.Module) -> nn.Module:
+    """The layer inside a multi-step wrapper (``graph.SeqModule``, SpikingJelly's ``SeqToANNContainer``)."""
+    while True:
+        if type(mod).__name__ == "SeqModule":
+            mod = mod.module
+        elif type(mod).__name__ in ("SeqToANNContainer", "MultiStepContainer") and len(mod) == 1:
+            mod = mod[0]
+        else:
+            return mod
+
+
+def _is_multistep(mod: nn.Module) -> bool:
+    return any(getattr(m, "step_mode", "s") == "m" for m in mod.modules())
+
+
+class _LeafTracer(fx.Tracer):
+    """Trace a network keeping spiking / stateful modules and multi-step wrappers as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (super().is_leaf_module(m, qualname) or _is_spiking(m) or _is_stateful(m)
+                or isinstance(m, WEIGHTED + _POOLS + (nn.Flatten,)) or type(m).__name__ == "SeqModule")
+
+
+def _graph(net: nn.Module) -> fx.GraphModule:
+    """The fx graph of a converted network (a ``GraphModule``, one wrapped in ``nn.Sequential``, or traced)."""
+    if isinstance(net, fx.GraphModule):
+        return net
+    inner = [m for m in net.children() if isinstance(m, fx.GraphModule)]
+    if len(inner) == 1 and all(isinstance(m, fx.GraphModule) or (not _is_spiking(m) and not list(m.parameters()))
+                               for m in net.children()):
+        return inner[0]
+    tracer = _LeafTracer()
+    return fx.GraphModule(net, tracer.trace(net))
+
+
+def spiking_modules(net: nn.Module) -> Dict[str, nn.Module]:
+    """The spiking layers of a converted network, by graph target, in graph order."""
+    gm = _graph(net)
+    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes
+            if n.op == "call_module" and _is_spiking(gm.get_submodule(n.target))}
+
+
+def _plain(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``mod`` as its torch.nn base class (bypassing a framework's step-mode forward)."""
+    for cls in type(mod).__mro__:
+        if cls.__module__.startswith("torch.nn.modules") and "forward" in cls.__dict__:
+            return cls.forward(mod, x)
+    return mod(x)  # pragma: no cover
+
+
+def _connections(mod: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """Connections per probe from the (one-channel) probe ``x`` [P, 1, ...] into weighted layer ``mod``."""
+    if isinstance(mod, nn.Linear):
+        return mod.out_features * (x.flatten(1) != 0).any(1).long()  # every input reaches every output
+    if getattr(mod, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"{where}: padding_mode {mod.padding_mode!r}: connection counting handles zero padding")
+    conv = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
+    ones = torch.ones((1, 1, *mod.kernel_size), dtype=x.dtype, device=x.device)
+    y = conv(x, ones, None, mod.stride, mod.padding, mod.dilation)
+    # a spike in one input channel reaches out_channels/groups output channels at each reached position
+    return (y.flatten(1) != 0).sum(1) * (mod.out_channels // mod.groups)
+
+
+@torch.no_grad()
+def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """Per consumer, the connections of each neuron of ``src`` (a map of the layer's ``shape``).
+
+    Probes one channel at every spatial position; every pass-through op handled is channel-wise and every
+    weighted layer treats channels alike, so the count does not depend on the channel.
+    """
+    spatial = tuple(shape[1:])
+    P = math.prod(spatial) if spatial else 1
+    probes = torch.eye(P).view(P, 1, *spatial)
+    env: Dict[fx.Node, torch.Tensor] = {src: probes}
+    counts: Dict[str, torch.Tensor] = {}
+
+    def record(key: str, c: torch.Tensor) -> None:
+        counts[key] = counts.get(key, 0) + c
+
+    seen = False
+    for node in gm.graph.nodes:
+        if node is src:
+            seen = True
+            continue
+        if not seen:
+            continue
+        ins = [env[a] for a in node.all_input_nodes if a in env]
+        if not ins:
+            continue
+        x = ins[0] if len(ins) == 1 else sum(ins)
+        where = f"node {node.name!r}"
+        if node.op == "output":
+            record("output", (x.flatten(1) != 0).sum(1))
+        elif node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            inner = _unwrap(mod)
+            where = f"module {node.target!r} ({type(inner).__name__})"
+            if isinstance(inner, WEIGHTED):
+                record(node.target, _connections(inner, x, where))
+            elif _is_spiking(mod) or _is_stateful(mod):
+                record(node.target, (x.flatten(1) != 0).sum(1))  # identity synapses (residual path)
+            elif isinstance(inner, _POOLS):
+                env[node] = _plain(inner, x.abs())
+            elif isinstance(inner, nn.Flatten):
+                env[node] = x.flatten(1)
+            elif type(inner).__name__ in _IDENTITY_NAMES or isinstance(inner, (nn.Identity, nn.Dropout)):
+                env[node] = x
+            else:
+                raise ValueError(f"{where}: cannot count synaptic operations through this layer")
+        elif node.op in ("call_function", "call_method"):
+            name = getattr(node.target, "__name__", str(node.target))
+            if node.target in (torch.flatten, "flatten"):
+                env[node] = x.flatten(1)
+            elif node.target in (operator.add, operator.iadd, torch.add, "add") or name in ("add", "iadd"):
+                env[node] = x.abs() if len(ins) == 1 else sum(i.abs() for i in ins)
+            elif node.target in (operator.mul, torch.mul, "mul"):
+                env[node] = x
+            else:
+                raise ValueError(f"{where}: cannot count synaptic operations through {name!r}")
+    full = (shape[0], *spatial) if spatial else (shape[0],)
+    return {k: v.view(1, *spatial).expand(full).float() if spatial else v.float().expand(full)
+            for k, v in counts.items()}
+
+
+def ann_macs(net: nn.Module, input_shape: Sequence[int]) -> Dict[str, int]:
+    """MACs per image of every conv / linear layer (DNISNM Eq. 24), from one forward pass of shape
+    ``[1, *input_shape]`` (or ``[1, 1, *input_shape]`` for a multi-step network)."""
+    gm = _graph(net)
+    return _dry_run(net, gm, input_shape)[0]
+
+
+@torch.no_grad()
+def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
+    """MACs per weighted layer and the per-image shape of every spiking layer, from a one-image pass."""
+    from .evaluate import reset
+
+    macs: Dict[str, int] = {}
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    hooks = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        inner = _unwrap(mod)
+        if isinstance(inner, WEIGHTED):
+            def hook(m, i, o, t=node.target):
+                per = _out(o).numel()  # outputs of one image and one step
+                fan_in = m.in_features if isinstance(m, nn.Linear) else \
+                    m.in_channels // m.groups * math.prod(m.kernel_size)
+                macs[t] = per * fan_in
+            hooks.append(inner.register_forward_hook(hook))
+        elif _is_spiking(mod):
+            multi = _is_multistep(mod)
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, t=node.target, k=2 if multi else 1: shapes.__setitem__(t, tuple(_out(o).shape[k:]))))
+    multi = _is_multistep(net)
+    dev = next((p.device for p in net.parameters()), torch.device("cpu"))
+    x = torch.zeros((1, 1, *input_shape) if multi else (1, *input_shape), device=dev)
+    try:
+        reset(net)
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        reset(net)
+    return macs, shapes
+
+
+def _out(o):
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Report:
+    """Counts per image over the first ``T`` steps of ``images`` images, per layer, and energy."""
+
+    T: int
+    images: int
+    macs: Dict[str, int]                 # ANN MACs per image, per weighted layer
+    analog: List[str]                    # weighted layers fed by the analog input (MACs in the SNN too)
+    synops: Dict[str, float]             # SNN synaptic ops per image, per consuming layer
+    spikes: Dict[str, float]             # spikes per image, per spiking layer
+    neurons: Dict[str, int]              # neurons per spiking layer
+    analog_per_step: bool = True
+    rate_ops: Dict[str, float] = field(default_factory=dict)  # DNISNM Eq. 25 approximation per layer
+
+    @property
+    def ann_macs(self) -> int:
+        return sum(self.macs.values())
+
+    @property
+    def snn_macs(self) -> float:
+        return sum(self.macs[k] for k in self.analog) * (self.T if self.analog_per_step else 1)
+
+    @property
+    def total_synops(self) -> float:
+        return sum(self.synops.values())
+
+    @property
+    def spikes_per_image(self) -> float:
+        return sum(self.spikes.values())
+
+    def spikes_per_neuron(self) -> Dict[str, float]:
+        """Average spikes per neuron and image over T steps, per spiking layer (TTRBR Table 10)."""
+        return {k: self.spikes[k] / self.neurons[k] for k in self.spikes}
+
+    def energy_uj(self, const: Union[str, Constants] = "45nm") -> Tuple[float, float]:
+        """(ANN, SNN) energy per image in microjoules (DNISNM Eq. 26; stReLU Eqs. 23-24)."""
+        c = constants(const)
+        ann = c.e_mac * self.ann_macs
+        snn = c.e_mac * self.snn_macs + c.e_ac * self.total_synops
+        return ann * 1e-6, snn * 1e-6
+
+    def table(self, const: Union[str, Constants] = "45nm") -> str:
+        """Per-layer MACs / synaptic ops and the energy totals as text."""
+        lines = [f"{'layer':<24}{'ANN MACs':>14}{'SNN MACs':>14}{'SNN synops':>14}"]
+        for k in self.macs:
+            snn_mac = self.macs[k] * (self.T if self.analog_per_step else 1) if k in self.analog else 0
+            lines.append(f"{k:<24}{self.macs[k]:>14,}{snn_mac:>14,.0f}{self.synops.get(k, 0.0):>14,.0f}")
+        for k, v in self.synops.items():
+            if k not in self.macs:
+                lines.append(f"{k + ' (identity)':<24}{0:>14}{0:>14}{v:>14,.0f}")
+        for k, r in self.spikes_per_neuron().items():
+            lines.append(f"  spikes/neuron {k:<16}{r:8.3f}")
+        a, s = self.energy_uj(const)
+        lines.append(f"energy per image ({constants(const).name}): ANN {a:.3f} uJ, SNN {s:.3f} uJ at T={self.T}")
+        return "\n".join(lines)
+
+
+class SpikeMeter:
+    """Forward hooks that count spikes and synaptic operations per step while a network runs.
+
+    Use as a context manager around any simulation (``evaluate``, ``simulate_net``, a single-step loop).
+    Every simulated sequence must have the same length (``steps``): counts are summed per step index.
+    """
+
+    def __init__(self, net: nn.Module, input_shape: Sequence[int], analog_per_step: bool = True) -> None:
+        self.net, self.gm = net, _graph(net)
+        self.macs, shapes = _dry_run(net, self.gm, input_shape)
+        self.analog_per_step = analog_per_step
+        self.neurons = {k: math.prod(s) for k, s in shapes.items()}
+        self.fanout: Dict[str, Dict[str, torch.Tensor]] = {}
+        nodes = {n.target: n for n in self.gm.graph.nodes if n.op == "call_module"}
+        for t, s in shapes.items():
+            self.fanout[t] = _fanout(self.gm, nodes[t], s)
+        fed = {c for f in self.fanout.values() for c in f}
+        self.analog = [k for k in self.macs if k not in fed]
+        self._spikes: Dict[str, List[torch.Tensor]] = {t: [] for t in shapes}
+        self._ops: Dict[Tuple[str, str], List[torch.Tensor]] = {(t, c): [] for t in shapes for c in self.fanout[t]}
+        self._hooks: list = []
+        self.images = 0
+
+    def __enter__(self) -> "SpikeMeter":
+        for t in self._spikes:
+            mod = self.gm.get_submodule(t)
+            self._hooks.append(mod.register_forward_hook(self._hook(t, _is_multistep(mod))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _hook(self, target: str, multi: bool):
+        maps = {c: None for c in self.fanout[target]}
+
+        def hook(m, i, o):
+            s = _out(o)
+            nz = (s != 0)  # signed spikes (-1) count like +1
+            if not multi:
+                nz = nz.unsqueeze(0)
+            per_pos = nz.sum(1, dtype=torch.float32)  # [steps, *neuron shape], summed over the batch
+            self._spikes[target].append(per_pos.flatten(1).sum(1))
+            for c in maps:
+                if maps[c] is None:
+                    maps[c] = self.fanout[target][c].to(s.device)
+                self._ops[(target, c)].append((per_pos * maps[c]).flatten(1).sum(1, dtype=torch.float64))
+        return hook
+
+    def report(self, timesteps: Sequence[int], images: int) -> Dict[int, Report]:
+        """Per-image reports at every T in ``timesteps`` (all sequences must have run max(T) steps)."""
+        T = max(timesteps)
+
+        def per_step(chunks: List[torch.Tensor]) -> torch.Tensor:
+            v = torch.cat(chunks).double() if chunks else torch.zeros(T, dtype=torch.float64)
+            if v.numel() % T:
+                raise ValueError(f"recorded {v.numel()} steps, not a multiple of T={T}: every simulated "
+                                 "sequence must run max(timesteps) steps")
+            return v.view(-1, T).sum(0).cumsum(0).cpu()  # one host sync
+
+        spikes = {k: per_step(v) for k, v in self._spikes.items()}
+        ops: Dict[str, torch.Tensor] = {}
+        for (src, c), v in self._ops.items():
+            ops[c] = ops.get(c, 0) + per_step(v)
+        out = {}
+        for t in sorted(set(int(t) for t in timesteps)):
+            sp = {k: float(v[t - 1]) / images for k, v in spikes.items()}
+            rate = {}
+            for src, f in self.fanout.items():
+                for c in f:
+                    if c in self.macs:  # DNISNM Eq. 25: spikes per neuron x ANN MACs
+                        rate[c] = rate.get(c, 0.0) + sp[src] / self.neurons[src] * self.macs[c]
+            out[t] = Report(t, images, dict(self.macs), list(self.analog),
+                            {k: float(v[t - 1]) / images for k, v in ops.items()}, sp, dict(self.neurons),
+                            self.analog_per_step, rate)
+        return out
+
+
+def _input_shape(net: nn.Module, data) -> Tuple[int, ...]:
+    shape = getattr(net, "meta", {}).get("input_shape") if hasattr(net, "meta") else None
+    if shape:
+        return tuple(shape)
+    from .evaluate import as_loader
+    batch = next(iter(as_loader(data, 1)))
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return tuple(x.shape[1:])
+
+
+@torch.no_grad()
+def measure(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
+            device: Optional[torch.device] = None, progress: bool = False,
+            analog_per_step: bool = True) -> Tuple[Dict[int, float], Dict[int, Report]]:
+    """Simulate a converted (multi-step) network on ``data``: accuracy and a :class:`Report` per T."""
+    from .evaluate import evaluate
+
+    meter = SpikeMeter(snn, _input_shape(snn, data), analog_per_step)
+    with meter:
+        acc = evaluate(snn, data, timesteps, batch_size=batch_size, chunk=chunk, device=device,
+                       progress=progress, desc="energy")
+    return acc, meter.report(timesteps, _count(data))
+
+
+def _count(data) -> int:
+    """Number of images in a Dataset or DataLoader."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        return len(data.dataset)
+    return len(data)
