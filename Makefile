@@ -1,13 +1,15 @@
 # snnconv: `make demo` (set-up + benchmark) and `make test` (set-up + every test and chapter).
-# Set-up creates .venv here, installs pinned versions, and the Fashion-MNIST files when missing.
+# Set-up creates .venv here, installs pinned versions, and the Fashion-MNIST files when missing; the book and
+# its browser test also install (as root) Debian's MathJax, Chromium and its WebDriver when missing.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.snnconv-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 OUT    ?= bench-out
+BOOK_DEBS := libjs-mathjax chromium chromium-driver
 
-.PHONY: setup data demo test book bench-speed clean
+.PHONY: setup data book-debs demo test book bench-speed clean
 
 setup: $(STAMP) data
 
@@ -15,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 "torchaudio==2.11.*"
-	$(BIN)/pip install -q spikingjelly==2.0.0 snntorch==1.0.0 jupyter-book==1.0.4.post1 nbval==0.11.0 nir==1.0.8 nirtorch==2.6 hypothesis==6.170.15
+	$(BIN)/pip install -q spikingjelly==2.0.0 snntorch==1.0.0 jupyter-book==1.0.4.post1 nbval==0.11.0 nir==1.0.8 nirtorch==2.6 hypothesis==6.170.15 \
+	  selenium==4.51.0
 	$(BIN)/pip install -q -e ".[book,test,nir]"
 	$(BIN)/pip check
 	touch $(STAMP)
@@ -30,20 +33,42 @@ data:
 	  echo "or put the four IDX .gz files in a folder and set SNNCONV_DATA_DIR to it."; exit 1; \
 	fi
 
+# MathJax served from the built book, and headless Chromium for tests/test_book_browser.py.
+book-debs:
+	@if [ -f /usr/share/javascript/mathjax/MathJax.js ] && command -v chromium >/dev/null \
+	    && command -v chromedriver >/dev/null; then \
+	  echo "MathJax, Chromium, chromedriver: found"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BOOK_DEBS); \
+	else \
+	  echo "The offline book needs Debian's $(BOOK_DEBS): sudo apt-get install $(BOOK_DEBS)"; exit 1; \
+	fi
+
 # Main job: our methods against SpikingJelly's own recipes on the zoo Net4 (about 6 min on 2 cores).
 demo: setup
 	$(BIN)/snnconv bench --model fmnist-net4 --methods max,percentile,sj-max,sj-99.9,sj-best \
 	  --timesteps 1,2,4,8,16,32,64 --out $(OUT)
 
-# Every unit test and every book chapter (nbval executes the notebooks).
+# Every chapter once, through the strict book build (a chapter's failing assert fails it), then every unit test
+# and the built pages in headless Chromium (tests/test_book_browser.py). Runs both, fails if either failed.
 test: setup
-	$(BIN)/python -m pytest tests book --nbval-lax -q -p no:cacheprovider
+	@status=0; \
+	$(MAKE) --no-print-directory book || status=1; \
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider || status=1; \
+	echo "Chapter screenshots: $(CURDIR)/_build/screenshots"; \
+	exit $$status
 
-book: setup
-	$(BIN)/jupyter-book build .
+# Strict, cached, offline HTML book in _build/html. Chapters run once and are cached (_build/.jupyter_cache)
+# until their code changes; --all re-reads every page so every warning shows again; -W --keep-going fails
+# on any warning, including a failed or timed-out cell. Then each chapter's run time, or its failing cell.
+book: setup book-debs
+	@status=0; \
+	$(BIN)/jupyter-book build -W --keep-going --all . || status=1; \
+	$(BIN)/python .ci/book_report.py || status=1; \
+	exit $$status
 
 bench-speed: setup
 	$(BIN)/python benchmarks/sim_speed.py
 
 clean:
-	rm -rf _build $(OUT) .pytest_cache
+	rm -rf _build $(OUT) .pytest_cache   # _build holds the chapters' execution cache too

@@ -10,16 +10,17 @@ Quick start::
 from . import activations  # noqa: F401  (registers stReLU, tReLU, atLeakyReLU)
 from .convert import convert
 from .evaluate import ann_accuracy, evaluate
+from .finetune import finetune
 from .methods import Method
 from .methods import methods
 from .neuron import simulate
 
 __version__ = "0.1.0"
-__all__ = ["convert", "evaluate", "ann_accuracy", "methods", "Method", "simulate", "__version__"]
+__all__ = ["convert", "evaluate", "ann_accuracy", "finetune", "methods", "Method", "simulate", "__version__"]
 
 
 def __getattr__(name):  # lazy submodules: data, models, zoo, thresholds, graph, neuron
     import importlib
-    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis", "export"}:
+    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis", "export", "datta"}:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .models import ACTIVATIONS as MODEL_ACTIVATIONS
 
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "LEAF_FUNCTIONS"]
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "LEAF_FUNCTIONS"]
 
 
 # torch.fx traces through custom modules; these wrapped functions stay single call_function nodes that
@@ -35,7 +35,13 @@ def clamp_act(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.relu(x), alpha)
 
 
+def threshold_relu(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """clip(x, 0, mu) with a trainable threshold mu (Datta & Beerel 2022, Eq. 1)."""
+    return torch.minimum(torch.relu(x), mu)
+
+
 torch.fx.wrap("strelu")
+torch.fx.wrap("threshold_relu")
 torch.fx.wrap("clamp_act")
 torch.fx.wrap("trelu")
 torch.fx.wrap("atleakyrelu")
@@ -126,5 +132,27 @@ class Clamp(nn.Module):
         return f"alpha={self.bound:.4g}"
 
 
-LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp}
-MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp})
+class ThresholdReLU(Clamp):
+    """Threshold ReLU clip(x, 0, mu) with a trainable threshold mu per layer (Datta & Beerel 2022, Eq. 1,
+    after Ho et al.'s TCL). The same function as :class:`Clamp` (so ``snnconv train`` trains mu the same way:
+    its own weight-decay group, kept positive); mu is stored as ``alpha`` and read as :attr:`mu`."""
+
+    def __init__(self, mu: float = 1.0, min_alpha: float = 1e-3) -> None:
+        super().__init__(mu, min_alpha)
+
+    @property
+    def mu(self) -> float:
+        """The trained threshold mu (Eq. 1)."""
+        return self.bound
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return threshold_relu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"mu={self.bound:.4g}"
+
+
+LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp,
+                  threshold_relu: ThresholdReLU}
+MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp,
+                          "threshold_relu": ThresholdReLU})

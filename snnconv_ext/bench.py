@@ -57,9 +57,11 @@ def _test_set(dataset: str, n_test: Optional[int]):
 def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[int], out: Optional[Path] = None,
               n_test: Optional[int] = None, n_calib: int = 1024, batch_size: int = 128, chunk: int = 4,
               progress: bool = True, log: Callable[[str], None] = print, options: Optional[Dict] = None,
-              device: Optional[str] = None, energy_constants: str = "45nm") -> List[Dict]:
+              device: Optional[str] = None, energy_constants: str = "45nm", backend: str = "spikingjelly"
+              ) -> List[Dict]:
     """Convert ``model_name`` with each method, evaluate at every T (accuracy, spikes, synaptic operations and
-    energy per image), write CSV + plot to ``out``."""
+    energy per image), write CSV + plot to ``out``. ``backend``: where our methods' networks live
+    (``spikingjelly`` or ``snntorch``); SpikingJelly's own recipes always run in SpikingJelly."""
     from . import zoo
     from .convert import convert
     from .energy import SpikeMeter, constants
@@ -94,8 +96,9 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
             if name in SJ_RECIPES:
                 snn = sj_convert(ann, name, calib, device=dev)
             else:
-                snn = convert(ann, method=name, calib_data=calib, progress=False, device=dev,
-                              **({"T": ts[0]} if tuned else {}), **(options or {}))
+                extra = {"device": dev} if backend == "spikingjelly" else {}
+                snn = convert(ann, method=name, calib_data=calib, progress=False, backend=backend, **extra,
+                              **({"T": ts[0]} if tuned else {}), **(options or {})).to(dev)
             t_conv += time.perf_counter() - t0
             t0 = time.perf_counter()
             meter = SpikeMeter(snn, tuple(test[0][0].shape))
@@ -196,6 +199,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=4, help="time steps simulated at once; batch*chunk of about 512 images is fastest on CPU")
     p.add_argument("--method-options", default="",
                    help="options for our methods, comma-separated key=value (e.g. samples=128,iters=400)")
+    p.add_argument("--backend", default="spikingjelly", choices=["spikingjelly", "snntorch"],
+                   help="framework our methods convert into (SpikingJelly's recipes always run in SpikingJelly)")
     p.add_argument("--device", default="cpu", help="torch device to convert and simulate on (cpu, cuda, cuda:1, ...)")
     p.add_argument("--energy", default="45nm",
                    help="energy constants for energy_uj: 45nm (4.6/0.9 pJ per MAC/AC), datta (3.2/0.1), "
@@ -229,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                           [int(t) for t in args.timesteps.split(",")], None, args.n_test, args.n_calib,
                           args.batch_size, args.chunk, progress=not args.no_progress,
                           options=parse_options(args.method_options), device=args.device,
-                          energy_constants=args.energy)
+                          energy_constants=args.energy, backend=args.backend)
     if not rows:
         raise SystemExit("no method applied to any model: nothing to report")
     write_outputs(rows, Path(args.out))

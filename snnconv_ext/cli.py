@@ -1,4 +1,4 @@
-"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``train`` (zoo models), ``methods``.
+"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``train`` (zoo models), ``finetune``, ``methods``.
 
 Misuse (a bad option, an unknown model or method, an ``--out`` that cannot be written) ends with exit status 2
 and one line on stderr, before any work starts; ``SNNCONV_DEBUG=1`` shows the traceback instead.
@@ -97,6 +97,8 @@ def _check_train(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``snnconv`` console script."""
     from . import bench, train
+    import importlib
+    finetune = importlib.import_module(".finetune", __package__)  # the module (the package exports the function)
     from .methods import get, methods
 
     p = _Parser(prog="snnconv", description="ANN-to-SNN conversion: benchmarks, zoo training, methods.")
@@ -105,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_arguments(b)
     t = sub.add_parser("train", help="train a zoo entry reproducibly")
     train.add_arguments(t)
+    f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
+    finetune.add_arguments(f)
     sub.add_parser("methods", help="list registered conversion methods")
     try:
         args = p.parse_args(argv)
@@ -114,6 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "train":
             _check_train(args)
             train.run(args)
+            return 0
+        if args.cmd == "finetune":
+            finetune.run(args)
             return 0
         for name in methods():
             print(f"{name:<22} {get(name).description}")

@@ -143,6 +143,18 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r}"
 
 
+def _check_maxpool(where: str, method: Method) -> None:
+    """Max pooling of spikes (Datta & Beerel Sec. IV-A: the max of 0/1 spikes is a spike) is exact bookkeeping only
+    for binary, non-negative spikes whose value is one positive number per channel; refuse the rest."""
+    if method.signed or method.memory:
+        raise ConversionError(f"{where}: max pooling of signed spikes (-1/0/+1, method {method.name!r}) would keep a "
+                              "+1 over a -1 that cancels it later; use average pooling for signed neurons.")
+    if method.threshold_options.get("granularity") == "neuron":
+        raise ConversionError(f"{where}: method {method.name!r} gives every position its own threshold, so the spikes "
+                              "entering the pool carry different values and their max is not a binary spike; use "
+                              "layer- or channel-wise thresholds or average pooling.")
+
+
 def check_finite(gm: nn.Module) -> None:
     """Refuse NaN/Inf parameters or buffers, naming the module, the tensor and its shape."""
     for kind, named in (("parameter", gm.named_parameters()), ("buffer", gm.named_buffers())):
@@ -186,6 +198,7 @@ def check_supported(gm: fx.GraphModule, method: Method) -> None:
                 if not method.allow_maxpool:
                     raise ConversionError(f"{where}: max pooling has no faithful spiking equivalent in method "
                                           f"{method.name!r}; use average pooling (nn.AvgPool2d) in the ANN.")
+                _check_maxpool(where, method)
                 continue
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 raise ConversionError(f"{where}: unfolded BatchNorm.")
@@ -305,6 +318,9 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
                      v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
         # an activation may define the neuron it becomes (atLeakyReLU: its own negative threshold/amplitude)
         knobs.update(getattr(gm.get_submodule(t), "neuron_knobs", dict)())
+        knobs.update(getattr(s, "knobs", dict)())  # a strategy may set more knobs (datta: amplitude beta, Eq. 8)
+        if getattr(s, "result", None):
+            gm.meta.setdefault("snnconv_thresholds", {})[t] = dict(s.result)
         params[t] = NeuronParams(**knobs)
     gm.meta["input_shape"] = shape
     return params

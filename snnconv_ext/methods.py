@@ -15,11 +15,11 @@ import torch.nn as nn
 
 __all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
 
-from .activations import AtLeakyReLU, Clamp, StReLU, TReLU
+from .activations import AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
 
 # ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
 ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
-                                            Clamp: False}
+                                            Clamp: False, ThresholdReLU: False}
 
 
 def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
@@ -105,7 +105,7 @@ class Method:
         ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and an MMSE strategy."""
         topts = dict(self.threshold_options)
         copts = dict(self.calibration_options)
-        for key in ("p", "granularity", "cap", "N", "rounding"):
+        for key in ("p", "granularity", "cap", "N", "rounding", "loss"):
             if key in options:
                 topts[key] = options.pop(key)
         for key in CALIBRATION_OPTIONS:
@@ -251,3 +251,14 @@ register(Method("ttrbr", "TTRBR: 99.9th percentile of each clamp/ReLU pre-activa
 register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile thresholds, half-threshold IF.",
                 threshold="percentile", threshold_options={"p": 99.9}, fire_at=0.5, activations=(Clamp, nn.ReLU),
                 reference="Meng et al. 2022, Table 7"))
+
+from . import datta as _datta  # noqa: E402,F401  (registers the 'datta' threshold strategy before the method)
+
+# --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
+register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "
+                "given T (option T=...; loss='abs' for our unsigned variant), IF with soft reset, max pooling allowed.",
+                threshold="datta", threshold_options={"T": 2}, T=2, activations=(Clamp, TReLU, nn.ReLU),
+                allow_maxpool=True, reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
+register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
+                "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, TReLU),
+                allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))

@@ -302,3 +302,41 @@ def resnet56_w8_pre(act: ActFactory = nn.ReLU, **kw) -> ResNet:
 ARCHS.update({"resnet20": resnet20, "resnet20_pre": resnet20_pre, "resnet56_w8": resnet56_w8,
               "resnet56_w8_pre": resnet56_w8_pre})
 __all__ += ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet20_pre", "resnet56_w8", "resnet56_w8_pre"]
+
+
+# --- Datta & Beerel 2022 (Sec. IV-A): no BatchNorm (dropout instead), no bias, max pooling kept -----------------
+
+def net4_datta(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+               dropout: float = 0.2) -> nn.Sequential:
+    """Net4 (32c5-p2-64c5-p2-1024-10) as Datta & Beerel train their nets: bias-free layers, 2x2 max pooling,
+    dropout instead of BN (Sec. IV-A)."""
+    s = _valid_conv_pool_size(image_size, 2, 5, "net4_datta")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 5, bias=False), act(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, bias=False), act(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(dropout),
+        nn.Linear(64 * s * s, 1024, bias=False), act(), nn.Dropout(dropout),
+        nn.Linear(1024, num_classes, bias=False),
+    )
+
+
+def vgg_datta(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+              width: int = 16, dropout: float = 0.2) -> nn.Sequential:
+    """Small VGG-style CNN as in Datta & Beerel Sec. IV-A: w-w-M-2w-2w-M-4w-4w-M-256-classes, 3x3 same convs,
+    no bias, no BN, dropout after each block, 2x2 max pooling."""
+    side = image_size // 8
+    if side < 1:
+        raise ValueError(f"vgg_datta: image_size={image_size} is too small for three 2x2 poolings")
+    chans = [in_channels, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+    layers: list[nn.Module] = []
+    for i in range(6):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), act()]
+        if i % 2 == 1:
+            layers += [nn.MaxPool2d(2), nn.Dropout(dropout / 2)]
+    layers += [nn.Flatten(), nn.Linear(4 * width * side * side, 256, bias=False), act(), nn.Dropout(dropout),
+               nn.Linear(256, num_classes, bias=False)]
+    return nn.Sequential(*layers)
+
+
+ARCHS.update({"net4_datta": net4_datta, "vgg_datta": vgg_datta})
+__all__ += ["net4_datta", "vgg_datta"]

@@ -168,13 +168,23 @@ def _ratio(p: NeuronParams):
     return neg / pos
 
 
+def _points(p: NeuronParams) -> tuple:
+    """Fire points (positive, negative) of the stored membrane, computed once per window."""
+    if p.theta_neg is None:
+        return _fire_point(p), None
+    f = p.fire_at
+    return (p.theta * f if f != 1.0 else p.theta), (-(p.theta_neg * f) if f != 1.0 else -p.theta_neg)
+
+
 @torch.no_grad()
-def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[torch.Tensor] = None,
+          points: Optional[tuple] = None) -> torch.Tensor:
     """Advance ``state`` one time step in place with input current ``x_t``; return the binary spikes.
 
     The fast inference path (no autograd). ``p`` must already be on ``x_t``'s device (``NeuronParams.to``).
-    ``out`` may receive the result.
+    ``out`` may receive the result; ``points`` is ``_points(p)`` when the caller loops over time.
     """
+    pos_at, neg_at = points if points is not None else _points(p)
     v = state.v
     if not _is_one(p.leak):
         v.mul_(p.leak)  # LIF leak; 1.0 is IF
@@ -182,15 +192,14 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
     if out is None:
         out = torch.empty_like(v)
     if p.theta_neg is None:
-        torch.ge(v, _fire_point(p), out=out)  # fire at v >= fire_at*theta (ttrbr Eq. 12; stored shifted if no leak)
+        torch.ge(v, pos_at, out=out)  # fire at v >= fire_at*theta (ttrbr Eq. 12; stored shifted if no leak)
         if isinstance(p.theta, torch.Tensor):
             v.addcmul_(out, p.theta, value=-1)  # soft reset, DNISNM Eq. 22
         else:
             v.sub_(out, alpha=float(p.theta))
         return out
-    f = p.fire_at
-    torch.ge(v, p.theta * f if f != 1.0 else p.theta, out=out)  # positive spike (stReLU Sec. 3)
-    neg = torch.le(v, -(p.theta_neg * f) if f != 1.0 else -p.theta_neg)  # negative spike, same fire point
+    torch.ge(v, pos_at, out=out)  # positive spike at v >= fire_at*theta (stReLU Sec. 3)
+    neg = torch.le(v, neg_at)  # negative spike at v <= -fire_at*theta_neg, the same fire point
     r = _ratio(p) if p.memory else None
     if p.memory:
         neg &= state.m >= r  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike;
@@ -245,8 +254,9 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
     if surrogate is None or not torch.is_grad_enabled():
         st = NeuronState(state.v.clone(), None if state.m is None else state.m.clone())
         out = torch.empty(x_seq.shape, dtype=st.v.dtype, device=st.v.device)
+        points = _points(p)
         for t in range(x_seq.shape[0]):
-            step_(x_seq[t], st, p, out=out[t])
+            step_(x_seq[t], st, p, out=out[t], points=points)
         return out, st
     spikes = []
     for t in range(x_seq.shape[0]):

@@ -90,6 +90,17 @@ ENTRIES: dict[str, Entry] = {
         augment="crop2+flip",
         description="Small VGG-style CNN with BN (0.59 M parameters) on Fashion-MNIST, ReLU.",
     ),
+    # Datta & Beerel 2022 (Sec. IV-A): threshold ReLU clip(x, 0, mu) with trainable mu, no BN/bias, max pooling.
+    "fmnist-net4-datta": Entry(
+        dataset="fashion_mnist", arch="net4_datta", act="threshold_relu", epochs=10, lr=1e-3, batch_size=128,
+        augment="crop2+flip", alpha_decay=1e-4,
+        description="Net4 without bias, with max pooling, dropout and threshold ReLU (Datta & Beerel Sec. IV-A).",
+    ),
+    "fmnist-vgg-datta": Entry(
+        dataset="fashion_mnist", arch="vgg_datta", act="threshold_relu", epochs=6, lr=1e-3, batch_size=128,
+        augment="crop2+flip", alpha_decay=1e-4,
+        description="Small VGG (16-16-M-32-32-M-64-64-M-256-10) without bias/BN, max pooling, dropout, threshold ReLU.",
+    ),
     # BN ResNets for the calibration (Li et al. 2022) and TTRBR (Meng et al. 2022) chapters.
     "fmnist-resnet20": Entry(
         dataset="fashion_mnist", arch="resnet20", act="relu", epochs=5, lr=1e-3, batch_size=128,

@@ -55,3 +55,14 @@ def test_method_options_parse():
     import pytest
     with pytest.raises(ValueError, match="key=value"):
         parse_options("samples")
+
+
+def test_bench_snntorch_backend_gives_the_same_rows(tmp_path):
+    # our methods converted into snnTorch networks: same accuracy and spike counts as in SpikingJelly
+    args = ["bench", "--model", "fmnist-net4", "--methods", "percentile", "--timesteps", "2,4", "--n-test", "64",
+            "--n-calib", "128", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "sj")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "st"), "--backend", "snntorch"]) == 0
+    a, b = (list(csv.DictReader(open(tmp_path / d / "results.csv"))) for d in ("sj", "st"))
+    for ra, rb in zip(a, b):
+        assert ra["accuracy"] == rb["accuracy"] and ra["spikes_per_image"] == rb["spikes_per_image"]

@@ -54,7 +54,8 @@ def test_export_refuses_what_nir_cannot_express():
     assert all(np.allclose(n.metadata["snnconv.v_init"], n.v_threshold / 2) for n in ifs)
     with pytest.raises(ExportError, match="initial potential"):
         to_nir(half, (1, 8, 8), soft_reset="refuse")
-    snm.get_submodule("1").v_threshold_neg = None  # memory alone is refused too
+    node = snm.get_submodule("1")
+    node.symmetric, node._theta_neg = False, None  # an unsigned neuron with memory: refused too
     with pytest.raises(ExportError, match="layer '1'.*SNM memory"):
         to_nir(snm, (1, 8, 8))
 

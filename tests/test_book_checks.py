@@ -1,0 +1,62 @@
+"""The book build's own checks (book/_ext/offline_book.py, .ci/book_report.py) on hand-written pages."""
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path, name: str):
+    pytest.importorskip("sphinx")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ext():
+    return load(ROOT / "book" / "_ext" / "offline_book.py", "offline_book")
+
+
+@pytest.fixture(scope="module")
+def report():
+    pytest.importorskip("jupyter_cache")
+    return load(ROOT / ".ci" / "book_report.py", "book_report")
+
+
+def test_external_loads_finds_every_kind_of_network_load(ext):
+    page = ('<script src="https://cdn.example/a.js"></script>'
+            '<script src="../_static/local.js"></script>'
+            '<link rel="stylesheet" href="//fonts.example/f.css">'
+            '<link rel="next" href="https://example/next.html">'          # navigation, not a load
+            '<img src="../_images/fig.png"><img src="http://example/i.png">'
+            '<div style="background: url(\'https://example/bg.png\')"></div>'
+            '<style>@import "https://example/s.css";</style>'
+            '<a href="https://arxiv.org/abs/1">paper</a>')                  # a link, not a load
+    assert ext.external_loads(page) == ["https://cdn.example/a.js", "//fonts.example/f.css",
+                                        "http://example/i.png", "https://example/bg.png",
+                                        "https://example/s.css"]
+
+
+def test_tqdm_text_is_caught_and_tables_are_not(ext):
+    assert ext.TQDM_TEXT.search("evaluate:  40%|████      | 20/50 [00:01&lt;00:01, 19.9it/s]")
+    assert ext.TQDM_TEXT.search(" 10%|#         | 1/10 [00:00<?, ?it/s]")
+    assert not ext.TQDM_TEXT.search("accuracy 91.2%| T=4 | 3/4")
+    assert not ext.TQDM_TEXT.search("<td>91.25%</td><td>4/8</td>")
+
+
+def test_report_names_the_failing_cell(report):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"),
+                                         nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("y = 2\nassert x == y, 'claim'")])
+    error = ("nbclient.exceptions.CellExecutionError: An error occurred while executing the following cell:\n"
+             "------------------\ny = 2\nassert x == y, 'claim'\n------------------\n\nAssertionError: claim")
+    timeout = ("nbclient.exceptions.CellTimeoutError: A cell timed out while it was being executed, after 900 "
+               "seconds.\nHere is a preview of the cell contents:\n-------------------\n"
+               "['y = 2', \"assert x == y, 'claim'\"]\n-------------------\n")           # nbclient 0.11's format
+    assert report.failing_cell(nb, error) == 2
+    assert report.failing_cell(nb, timeout) == 2
+    assert report.failing_cell(nb, "KeyboardInterrupt") is None
