@@ -3,7 +3,7 @@
 
 * :func:`compute_loss` is Algorithm 1's ``ComputeLoss`` exactly as printed (a *signed* sum over the percentiles);
   :func:`loss_table` evaluates it for every candidate (alpha, beta) at once and :func:`find_scaling_factors` is
-  ``FindScalingFactors`` (first strictly smaller |loss| wins, starting from alpha = beta = 1).
+  ``FindScalingFactors`` (first strictly smaller ``abs(loss)`` wins, starting from alpha = beta = 1).
 * The ``datta`` threshold strategy records a layer's pre-activations, takes its percentiles up to mu (the trained
   threshold of a threshold-ReLU/clamp layer, or the layer's maximum for a plain ReLU) and returns theta = alpha*mu
   with the knob ``amplitude = beta`` (a spike is worth beta*alpha*mu, Eq. 8).
@@ -63,7 +63,7 @@ def compute_loss(P: Iterable[float], mu: float, alpha: float, beta: float, T: in
 def loss_table(P: torch.Tensor, mu: float, alphas: torch.Tensor, T: int, betas: Iterable[float] = BETAS,
                loss: str = "signed") -> torch.Tensor:
     """``ComputeLoss`` for every (alpha, beta): a ``[len(alphas), len(betas)]`` table, the same arithmetic as
-    :func:`compute_loss` (float64). ``loss="abs"`` sums |term| instead (our variant, not the paper's)."""
+    :func:`compute_loss` (float64). ``loss="abs"`` sums ``abs(term)`` instead (our variant, not the paper's)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     p = torch.as_tensor(P, dtype=torch.float64)[None, None, :]  # [1, 1, n]
@@ -83,7 +83,7 @@ def loss_table(P: torch.Tensor, mu: float, alphas: torch.Tensor, T: int, betas: 
 def find_scaling_factors(P: torch.Tensor, mu: float, T: int, betas: Iterable[float] = BETAS,
                          loss: str = "signed") -> Tuple[float, float, float]:
     """Algorithm 1's ``FindScalingFactors``: alpha = p/mu for each percentile p > 0, beta over ``betas``; keep the
-    pair of smallest |loss| (the first one found on ties), starting from alpha = beta = 1. Returns (alpha, beta, loss)."""
+    pair of smallest ``abs(loss)`` (the first one found on ties), starting from alpha = beta = 1. Returns (alpha, beta, loss)."""
     P = torch.as_tensor(P, dtype=torch.float64)
     betas = list(betas)
     alpha, beta = 1.0, 1.0
