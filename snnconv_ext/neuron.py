@@ -178,11 +178,12 @@ def _points(p: NeuronParams) -> tuple:
 
 @torch.no_grad()
 def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[torch.Tensor] = None,
-          points: Optional[tuple] = None) -> torch.Tensor:
+          points: Optional[tuple] = None, work: Optional[list] = None) -> torch.Tensor:
     """Advance ``state`` one time step in place with input current ``x_t``; return the binary spikes.
 
     The fast inference path (no autograd). ``p`` must already be on ``x_t``'s device (``NeuronParams.to``).
-    ``out`` may receive the result; ``points`` is ``_points(p)`` when the caller loops over time.
+    ``out`` may receive the result; ``points`` is ``_points(p)`` and ``work`` two scratch tensors shaped like
+    ``v`` when the caller loops over time (no allocation per step).
     """
     pos_at, neg_at = points if points is not None else _points(p)
     v = state.v
@@ -199,12 +200,17 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
             v.sub_(out, alpha=float(p.theta))
         return out
     torch.ge(v, pos_at, out=out)  # positive spike at v >= fire_at*theta (stReLU Sec. 3)
-    neg = torch.le(v, neg_at)  # negative spike at v <= -fire_at*theta_neg, the same fire point
+    neg, gate = work if work is not None else (torch.empty_like(v), torch.empty_like(v))
+    torch.le(v, neg_at, out=neg)  # negative spike at v <= -fire_at*theta_neg, the same fire point
     r = _ratio(p) if p.memory else None
-    if p.memory:
-        neg &= state.m >= r  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike;
-        # a positive spike this step excludes a negative one, so the gate uses m(t-1)
-    out.sub_(neg.to(out.dtype))
+    if p.memory:  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike; a positive
+        # spike this step excludes a negative one, so the gate uses m(t-1)
+        if isinstance(r, float) and r == 1.0:
+            torch.clamp(state.m, max=1.0, out=gate)  # integer counts m >= 0: min(m, 1) is the gate m >= 1
+        else:
+            torch.ge(state.m, r, out=gate)
+        neg.mul_(gate)
+    out.sub_(neg)
     if p.theta_neg is p.theta:  # symmetric: one soft reset v -= theta * s (DNISNM Eq. 22)
         v.addcmul_(out, p.theta, value=-1) if isinstance(p.theta, torch.Tensor) else v.sub_(out, alpha=p.theta)
     else:
@@ -255,8 +261,9 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
         st = NeuronState(state.v.clone(), None if state.m is None else state.m.clone())
         out = torch.empty(x_seq.shape, dtype=st.v.dtype, device=st.v.device)
         points = _points(p)
+        work = [torch.empty_like(st.v), torch.empty_like(st.v)] if p.theta_neg is not None else None
         for t in range(x_seq.shape[0]):
-            step_(x_seq[t], st, p, out=out[t], points=points)
+            step_(x_seq[t], st, p, out=out[t], points=points, work=work)
         return out, st
     spikes = []
     for t in range(x_seq.shape[0]):
