@@ -232,24 +232,29 @@ def preactivations(ann: nn.Module, snn: nn.Module, x: torch.Tensor, T: int) -> D
     return {na: (d[na], s[nn_]) for (na, _), (nn_, _) in zip(acts, nodes)}
 
 
-@torch.no_grad()
-def spike_counts(snn: nn.Module, x: torch.Tensor, T: int) -> Dict[str, Tuple[float, int]]:
-    """Per spiking layer: (average spikes per neuron per image over ``T`` steps, neurons per image), counted as
-    nonzero node outputs with hooks (Datta Sec. VI-A, Fig. 4a)."""
-    from spikingjelly.activation_based import functional, neuron as sj_neuron
-    out: Dict[str, Tuple[float, int]] = {}
-    nodes = [(n, m) for n, m in snn.named_modules() if isinstance(m, sj_neuron.BaseNode)]
-
-    def hook(m, a, y, n):
-        per_image = y[0].numel() // y.shape[1] if y.dim() > 1 else 1
-        out[n] = (float((y != 0).sum()) / (y.shape[1] * per_image), per_image)
-    hooks = [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in nodes]
+def _run_hooked(snn: nn.Module, x: torch.Tensor, T: int, hooks: List) -> None:
+    """Reset ``snn``, run ``T`` steps of direct input ``x`` in one multi-step call, then remove ``hooks``."""
+    from spikingjelly.activation_based import functional
     try:
         functional.reset_net(snn)
         snn(x.unsqueeze(0).expand(T, *x.shape))
     finally:
         for h in hooks:
             h.remove()
+
+
+@torch.no_grad()
+def spike_counts(snn: nn.Module, x: torch.Tensor, T: int) -> Dict[str, Tuple[float, int]]:
+    """Per spiking layer: (average spikes per neuron per image over ``T`` steps, neurons per image), counted as
+    nonzero node outputs with hooks (Datta Sec. VI-A, Fig. 4a)."""
+    from spikingjelly.activation_based import neuron as sj_neuron
+    out: Dict[str, Tuple[float, int]] = {}
+    nodes = [(n, m) for n, m in snn.named_modules() if isinstance(m, sj_neuron.BaseNode)]
+
+    def hook(m, a, y, n):
+        per_image = y[0].numel() // y.shape[1] if y.dim() > 1 else 1
+        out[n] = (float((y != 0).sum()) / (y.shape[1] * per_image), per_image)
+    _run_hooked(snn, x, T, [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in nodes])
     return out
 
 
@@ -270,7 +275,6 @@ def operations(snn: nn.Module, x: torch.Tensor, T: int, e_mac: float = E_MAC, e_
     of direct input (Datta Sec. VI-B): the first layer gets the analog image, MACs at every step; a later layer does
     one accumulate per incoming spike and synapse, i.e. its MACs times the average number of spikes per input neuron.
     Energies use E_MAC = 3.2 pJ and E_AC = 0.1 pJ by default."""
-    from spikingjelly.activation_based import functional
     rows: List[Dict] = []
     wrapped = [(n, m) for n, m in snn.named_modules()
                if isinstance(getattr(m, "module", None), (nn.Conv1d, nn.Conv2d, nn.Linear))]
@@ -284,13 +288,7 @@ def operations(snn: nn.Module, x: torch.Tensor, T: int, e_mac: float = E_MAC, e_
         events = T if first else float((inp != 0).float().mean()) * T  # spikes per input neuron over T steps
         rows.append({"layer": name, "dnn_macs": macs, "snn_ops": macs * events, "kind": "MAC" if first else "AC",
                      "spikes_per_input": None if first else events})
-    hooks = [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in wrapped]
-    try:
-        functional.reset_net(snn)
-        snn(x.unsqueeze(0).expand(T, *x.shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(snn, x, T, [m.register_forward_hook(lambda m, a, y, n=n: hook(m, a, y, n)) for n, m in wrapped])
     for r in rows:
         r["dnn_energy_pj"] = r["dnn_macs"] * e_mac
         r["snn_energy_pj"] = r["snn_ops"] * (e_mac if r["kind"] == "MAC" else e_ac)

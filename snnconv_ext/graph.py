@@ -335,19 +335,6 @@ def replace_activations(gm: fx.GraphModule, params: Dict[str, NeuronParams],
     return gm
 
 
-def append_output(gm: fx.GraphModule, module: nn.Module, name: str = "output_integrator") -> fx.GraphModule:
-    """Insert ``module`` before the graph output (the integrate-only output layer)."""
-    gm.add_submodule(name, module)
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    src = out.args[0]
-    with gm.graph.inserting_before(out):
-        new = gm.graph.call_module(name, (src,))
-    out.args = (new,)
-    gm.graph.lint()
-    gm.recompile()
-    return gm
-
-
 class SeqModule(nn.Module):
     """Run a stateless layer in either step mode: ``"m"`` takes ``[T, B, ...]`` as one batch of ``T*B``;
     ``"s"`` passes one step ``[B, ...]`` straight through (SpikingJelly's ``SeqToANNContainer`` semantics).

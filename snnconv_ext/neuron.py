@@ -77,11 +77,13 @@ class NeuronParams:
         if not bool(torch.isfinite(torch.as_tensor(self.v0).detach()).all()):
             raise ValueError(f"v0 must be finite, got {self.v0!r}")
 
-    def _fill(self, **knobs) -> "NeuronParams":
-        """Set fields without validation (hot paths build parameters of already validated modules)."""
-        for f in fields(self):
-            object.__setattr__(self, f.name, knobs.get(f.name, f.default))
-        return self
+    @classmethod
+    def unchecked(cls, **knobs) -> "NeuronParams":
+        """Parameters without validation (hot paths build them from already validated modules)."""
+        p = object.__new__(cls)
+        for f in fields(cls):
+            object.__setattr__(p, f.name, knobs.get(f.name, f.default))
+        return p
 
     @property
     def signed(self) -> bool:

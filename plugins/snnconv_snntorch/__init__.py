@@ -70,12 +70,10 @@ class Neuron(snn.Leaky):
 
     def params(self, like: torch.Tensor) -> NeuronParams:
         """The neuron's knobs as core ``NeuronParams`` (no validation, no host sync)."""
-        p = object.__new__(NeuronParams)
-        p.__dict__.update(theta=self.threshold, fire_at=self.fire_at,
-                          theta_neg=self.threshold if self._symmetric else self.theta_neg, memory=self.memory,
-                          amplitude=self.amplitude, v0=self.v0, leak=1.0 if self._plain_if else self.beta.clamp(0, 1),
-                          amplitude_neg=self.amplitude_neg)
-        return p.to(like)
+        return NeuronParams.unchecked(
+            theta=self.threshold, fire_at=self.fire_at, theta_neg=self.threshold if self._symmetric else self.theta_neg,
+            memory=self.memory, amplitude=self.amplitude, v0=self.v0,
+            leak=1.0 if self._plain_if else self.beta.clamp(0, 1), amplitude_neg=self.amplitude_neg).to(like)
 
     def reset(self) -> None:
         """Forget the state of this neuron only (v = v0 at the next step)."""

@@ -102,11 +102,9 @@ class SnnconvNode(sj_neuron.BaseNode):
 
     def params(self, like: torch.Tensor) -> NeuronParams:
         """The node's knobs as core ``NeuronParams`` on ``like``'s device (no validation, no host sync)."""
-        p = object.__new__(NeuronParams)
-        p.__dict__.update(theta=self.v_threshold, fire_at=self.fire_at, theta_neg=self.v_threshold_neg,
-                          memory=self.memory, amplitude=self.amplitude, v0=self.v0, leak=self.leak,
-                          amplitude_neg=self.amplitude_neg)
-        return p.to(like)
+        return NeuronParams.unchecked(theta=self.v_threshold, fire_at=self.fire_at, theta_neg=self.v_threshold_neg,
+                                      memory=self.memory, amplitude=self.amplitude, v0=self.v0, leak=self.leak,
+                                      amplitude_neg=self.amplitude_neg).to(like)
 
     def materialize_states(self, inputs, states, step_mode):
         x = inputs[0][0] if step_mode == "m" else inputs[0]
@@ -164,7 +162,7 @@ class IFNode(sj_neuron.IFNode):
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
             return super().multi_step_forward(x_seq, *args, **kwargs)
-        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=self.v_threshold))
+        return _fast_multi_step(self, x_seq, NeuronParams.unchecked(theta=self.v_threshold))
 
 
 class TernaryIFNode(sj_neuron.TernaryIFNode):
@@ -174,7 +172,7 @@ class TernaryIFNode(sj_neuron.TernaryIFNode):
         if x_seq.device.type != "cpu" or torch.is_grad_enabled() or self.store_v_seq or args or kwargs:
             return super().multi_step_forward(x_seq, *args, **kwargs)
         th = self.v_threshold
-        return _fast_multi_step(self, x_seq, NeuronParams.__new__(NeuronParams)._fill(theta=th, theta_neg=th))
+        return _fast_multi_step(self, x_seq, NeuronParams.unchecked(theta=th, theta_neg=th))
 
 
 def _scalar(t) -> Optional[float]:
