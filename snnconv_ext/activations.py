@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .models import ACTIVATIONS as MODEL_ACTIVATIONS
 
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "LEAF_FUNCTIONS"]
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "QCFS", "qcfs_levels", "LEAF_FUNCTIONS"]
 
 
 # torch.fx traces through custom modules; these wrapped functions stay single call_function nodes that
@@ -40,6 +40,32 @@ def threshold_relu(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.relu(x), mu)
 
 
+class _FloorSTE(torch.autograd.Function):
+    """floor in the forward pass, identity in the backward pass (straight-through estimator, Bu et al. 2022 Sec. 4.3)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def qcfs_levels(x: torch.Tensor, lam: torch.Tensor, levels: int, shift: float = 0.5) -> torch.Tensor:
+    """The integer level clip(floor(x*L/lam + phi), 0, L) of the QCFS activation (Bu et al. 2022, Eq. 15);
+    with phi = 1/2 it is the spike count of an IF neuron (theta = lam, v0 = theta/2) over T = L steps."""
+    return torch.clamp(_FloorSTE.apply(x * levels / lam + shift), 0.0, float(levels))
+
+
+def qcfs_act(x: torch.Tensor, lam: torch.Tensor, levels: int = 4, shift: float = 0.5) -> torch.Tensor:
+    """Quantization clip-floor-shift, (lam/L) * clip(floor(x*L/lam + phi), 0, L) (Bu et al. 2022, Eq. 15).
+    Gradients (Sec. 4.3): straight through the floor, so d/dx = 1 where the level lies strictly inside (0, L)
+    and lam gets level/L - x/lam there (1 above the top level), as autograd derives them from this expression."""
+    return qcfs_levels(x, lam, levels, shift) * (lam / levels)
+
+
+torch.fx.wrap("qcfs_act")
 torch.fx.wrap("strelu")
 torch.fx.wrap("threshold_relu")
 torch.fx.wrap("clamp_act")
@@ -152,7 +178,45 @@ class ThresholdReLU(Clamp):
         return f"mu={self.bound:.4g}"
 
 
+class QCFS(Clamp):
+    """Quantization clip-floor-shift activation (Bu et al., ICLR 2022, Eq. 15):
+    (lam/L) * clip(floor(x*L/lam + phi), 0, L), with a trainable upper level lam per layer, L levels and the
+    shift phi = 1/2 that makes the expected conversion error zero for every T (Theorem 2).
+
+    A :class:`Clamp` whose output is quantised, so ``snnconv train`` handles lam as it does alpha (own group,
+    kept positive, ``--init`` starts it at the 99.9th percentile). Converted with theta = lam and v0 = theta/2
+    (method ``qcfs``), an IF neuron emits exactly the activation's level over T = L steps at constant input.
+    """
+
+    def __init__(self, alpha: float = 1.0, levels: int = 4, shift: float = 0.5, min_alpha: float = 1e-3) -> None:
+        super().__init__(alpha, min_alpha)
+        if isinstance(levels, bool) or int(levels) != levels or levels < 1:
+            raise ValueError(f"QCFS needs a whole number of levels L >= 1, got {levels!r}")
+        if not 0.0 <= float(shift) < 1.0:
+            raise ValueError(f"QCFS shift phi must be in [0, 1), got {shift!r}")
+        self.levels, self.shift = int(levels), float(shift)
+
+    @property
+    def lam(self) -> float:
+        """The trained upper level lambda (Eq. 15); the converted neuron's threshold."""
+        return self.bound
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qcfs_act(x, self.alpha, self.levels, self.shift)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.bound:.4g}, levels={self.levels}, shift={self.shift:g}"
+
+
+def _qcfs_factory(levels: int):
+    def make() -> QCFS:
+        return QCFS(levels=levels)
+    make.__name__ = f"qcfs{levels}"
+    return make
+
+
 LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp,
-                  threshold_relu: ThresholdReLU}
+                  threshold_relu: ThresholdReLU, qcfs_act: QCFS}
 MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp,
-                          "threshold_relu": ThresholdReLU})
+                          "threshold_relu": ThresholdReLU, "qcfs": QCFS,
+                          **{f"qcfs{n}": _qcfs_factory(n) for n in (2, 4, 8, 16)}})

@@ -15,11 +15,11 @@ import torch.nn as nn
 
 __all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
 
-from .activations import AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
+from .activations import QCFS, AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
 
 # ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
 ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
-                                            Clamp: False, ThresholdReLU: False}
+                                            Clamp: False, ThresholdReLU: False, QCFS: False}
 
 
 def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
@@ -262,3 +262,8 @@ register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from
 register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
                 "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, TReLU),
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))
+
+# --- QCFS (Bu et al., ICLR 2022): an ANN trained with quantization clip-floor-shift activations -------------------
+register(Method("qcfs", "QCFS ANN (Eq. 15) to IF with soft reset: theta = the trained lambda, v0 = theta/2 (the shift "
+                "phi = 1/2 of Theorem 2 as the initial potential).", threshold="activation", v0="half",
+                activations=(QCFS,), reference="Bu et al. 2022, Sec. 4.2, Eq. 15, Theorem 2"))

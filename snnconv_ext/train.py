@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default=None, choices=("adam", "sgd"),
                         help="adam (weight decay on alpha: (wd/2)*||alpha||^2) or sgd (momentum 0.9, TTRBR App. D; "
                              "alpha-decay*||alpha||^2 added to the loss); default: sgd for stage II, else adam")
+    parser.add_argument("--init-images", type=int, default=None,
+                        help="with --init: training images whose 99.9th percentile starts each alpha/lambda; "
+                             "default: the entry's recipe (640)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
@@ -138,7 +141,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "augment": pick(args.augment, "augment", "none"),
         "init": pick(getattr(args, "init", None), "init", ""),
         "alpha_decay": pick(getattr(args, "alpha_decay", None), "alpha_decay", 0.0),
-        "optimizer": getattr(args, "optimizer", None),
+        "optimizer": getattr(args, "optimizer", None) or (entry.optimizer if entry else None) or None,
+        "init_images": pick(getattr(args, "init_images", None), "init_images", 640),
         "seed": args.seed,
         "data_root": args.data_root,
         "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
@@ -165,8 +169,10 @@ def _command(r: dict[str, Any]) -> str:
         argv += ["--init", r["init"]]
     if r["alpha_decay"] and (entry is None or entry.alpha_decay != r["alpha_decay"]):
         argv += ["--alpha-decay", repr(r["alpha_decay"])]
-    if r["optimizer"] != ("sgd" if r["init"] else "adam"):
+    if r["optimizer"] != ((entry.optimizer if entry else "") or ("sgd" if r["init"] else "adam")):
         argv += ["--optimizer", r["optimizer"]]
+    if r["init"] and r["init_images"] != (entry.init_images if entry else 640):
+        argv += ["--init-images", str(r["init_images"])]
     if r["data_root"] is not None:
         argv += ["--data-root", str(r["data_root"])]
     if Path(r["out"]).resolve() != zoo.ZOO_DIR:
@@ -186,10 +192,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(prev_threads)
 
 
-def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset, batches: int = 5) -> None:
-    """Stage II of TTRBR (Sec. 4): load the stage-I weights; each Clamp's alpha starts at the 99.9th percentile
-    of its input on a few training batches, so fine-tuning starts close to the stage-I function."""
+def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset) -> None:
+    """Stage II of TTRBR (Sec. 4), and QCFS's warm start: load the ReLU net's weights; each Clamp's alpha (QCFS's
+    lambda) starts at the 99.9th percentile of its input on the first ``init_images`` training images, so
+    fine-tuning starts close to the ReLU net's function."""
     init = r["init"]
+    batches = math.ceil(r.get("init_images", 640) / r["batch_size"])
     if init.endswith(".pt"):
         state = zoo.read_state_dict(init)
     else:
@@ -208,12 +216,16 @@ def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset, bat
     hooks = [m.register_forward_pre_hook(lambda m, a: levels[id(m)].observe(a[0])) for m in clamps]
     model.eval()
     with torch.no_grad():
-        for m in clamps:  # pass everything through while measuring
-            m.alpha.fill_(float("inf"))
-        for i in range(batches):
-            model(train_ds.tensors[0][i * r["batch_size"]:(i + 1) * r["batch_size"]])
-        for h in hooks:
-            h.remove()
+        for m in clamps:  # measure the ReLU net: every clamp (QCFS: every quantiser) acts as a ReLU meanwhile
+            m.forward = torch.relu
+        try:
+            for i in range(batches):
+                model(train_ds.tensors[0][i * r["batch_size"]:min((i + 1) * r["batch_size"], r.get("init_images", 640))])
+        finally:
+            for m in clamps:
+                del m.forward
+            for h in hooks:
+                h.remove()
         for m in clamps:
             m.alpha.fill_(max(float(levels[id(m)].compute()), 1e-2))
 

@@ -39,6 +39,8 @@ class Entry:
     description: str = ""
     init: str = ""  # stage II (TTRBR): fine-tune from this stage-I entry's weights
     alpha_decay: float = 0.0  # L2 penalty on Clamp alphas
+    optimizer: str = ""  # "adam" or "sgd"; "" = sgd for stage II (init), else adam
+    init_images: int = 640  # training images whose 99.9th percentile starts each alpha / lambda (with init)
 
 
 ENTRIES: dict[str, Entry] = {
@@ -142,6 +144,24 @@ ENTRIES: dict[str, Entry] = {
         dataset="fashion_mnist", arch="resnet56_w8_pre", act="clamp", epochs=1, lr=2e-4, batch_size=128,
         augment="crop2+flip", init="fmnist-resnet56-w8-pre", alpha_decay=1e-3,
         description="Half-width ResNet-56, restructured blocks, clamp activations (TTRBR stage II).",
+    ),
+    # QCFS (Bu et al., ICLR 2022): the ReLU zoo nets fine-tuned with quantization clip-floor-shift activations,
+    # each lambda starting at the 99.9th percentile of its ReLU input on 1024 training images, Adam, cosine.
+    "fmnist-net4-qcfs4": Entry(
+        dataset="fashion_mnist", arch="net4", act="qcfs4", epochs=10, lr=1e-3, batch_size=128,
+        augment="crop2+flip", init="fmnist-net4", optimizer="adam", init_images=1024,
+        description="Net4 with QCFS activations, L = 4 (Bu et al. 2022), fine-tuned from fmnist-net4.",
+    ),
+    "fmnist-net4-qcfs8": Entry(
+        dataset="fashion_mnist", arch="net4", act="qcfs8", epochs=10, lr=1e-3, batch_size=128,
+        augment="crop2+flip", init="fmnist-net4", optimizer="adam", init_images=1024,
+        description="Net4 with QCFS activations, L = 8 (Bu et al. 2022), fine-tuned from fmnist-net4.",
+    ),
+    "fmnist-vgg-bn-qcfs4": Entry(
+        dataset="fashion_mnist", arch="vgg_bn", act="qcfs4", epochs=2, lr=1e-3, batch_size=128,
+        augment="crop2+flip", init="fmnist-vgg-bn", optimizer="adam", init_images=1024,
+        description="The BN VGG with QCFS activations, L = 4, fine-tuned from fmnist-vgg-bn through its BatchNorm "
+                    "layers (folded into the convs only at conversion).",
     ),
 }
 
