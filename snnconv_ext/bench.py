@@ -32,8 +32,8 @@ SJ_RECIPES: Dict[str, Dict] = {
     "sj-best": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
     "sj-ltb": {"recipe": "LocalThresholdBalancingRecipe"},  # its defaults (channel-wise, half threshold)
 }
-FIELDS = ["model", "method", "T", "accuracy", "ann_accuracy", "spikes_per_image", "synops", "energy_uj",
-          "ann_energy_uj"]
+FIELDS = ["model", "method", "T", "accuracy", "ann_accuracy", "relu_ann", "relu_ann_accuracy", "spikes_per_image",
+          "synops", "energy_uj", "ann_energy_uj"]
 
 
 def sj_convert(model: nn.Module, name: str, calib, device: Optional[torch.device] = None) -> nn.Module:
@@ -79,6 +79,12 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
     ann_acc = ann_accuracy(ann, test, device=dev)
     log(f"{model_name}: ANN accuracy {ann_acc:.2f}% on {len(test)} test images "
         f"({time.perf_counter() - t0:.1f} s); calibration on {n_calib} training images")
+    # the ReLU ANN a fine-tuned entry (QCFS, TTRBR stage II) started from, so rows on different ANNs stay comparable
+    relu_name = zoo.ENTRIES[model_name].init or model_name
+    relu_acc = ann_acc if relu_name == model_name else ann_accuracy(zoo.load(relu_name, map_location=dev), test,
+                                                                    device=dev)
+    if relu_name != model_name:
+        log(f"  started from the ReLU ANN {relu_name}: {relu_acc:.2f}% on the same images")
     rows = []
     present = {type(m) for m in ann.modules()}
     for name in method_list:
@@ -110,7 +116,8 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
         log(f"  {name:<22} converted{' for each T' if tuned else ''} in {t_conv:5.1f} s, "
             f"simulated T<={max(timesteps)} in {t_sim:6.1f} s")
         rows += [{"model": model_name, "method": name, "T": t, "accuracy": round(a, 4),
-                  "ann_accuracy": round(ann_acc, 4), "spikes_per_image": round(reports[t].spikes_per_image, 2),
+                  "ann_accuracy": round(ann_acc, 4), "relu_ann": relu_name, "relu_ann_accuracy": round(relu_acc, 4),
+                  "spikes_per_image": round(reports[t].spikes_per_image, 2),
                   "synops": round(reports[t].total_synops), "energy_uj": round(reports[t].energy_uj(const)[1], 4),
                   "ann_energy_uj": round(reports[t].energy_uj(const)[0], 4)}
                  for t, a in acc.items()]
@@ -137,22 +144,33 @@ def _not_applicable(name: str, present: set) -> str:
 
 
 def format_table(rows: List[Dict]) -> str:
-    """Accuracy table: one line per method, one column per T, plus the ANN line."""
+    """Accuracy table: one line per method (per model and method when rows span models), one column per T, plus
+    the ANN line of each model and the ReLU ANN a fine-tuned model started from."""
     ts = sorted({r["T"] for r in rows})
-    meths = list(dict.fromkeys(r["method"] for r in rows))
-    acc = {(r["method"], r["T"]): r["accuracy"] for r in rows}
-    head = f"{'method':<22}" + "".join(f"{'T=' + str(t):>8}" for t in ts)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    label = (lambda r: r["method"]) if len(models) == 1 else (lambda r: f"{r['method']} [{r['model']}]")
+    width = max([22] + [len(label(r)) + 2 for r in rows])
+    acc = {(label(r), r["T"]): r["accuracy"] for r in rows}
+    head = f"{'method':<{width}}" + "".join(f"{'T=' + str(t):>8}" for t in ts)
     lines = [head, "-" * len(head)]
-    for m in meths:
-        lines.append(f"{m:<22}" + "".join(f"{acc[(m, t)]:8.2f}" for t in ts))
-    if rows:
-        lines.append(f"{'ANN':<22}" + "".join(f"{rows[0]['ann_accuracy']:8.2f}" for _ in ts))
+    for m in dict.fromkeys(label(r) for r in rows):
+        lines.append(f"{m:<{width}}" + "".join(f"{acc[(m, t)]:8.2f}" if (m, t) in acc else f"{'':>8}" for t in ts))
+    for model in models:
+        first = next(r for r in rows if r["model"] == model)
+        name = "ANN" if len(models) == 1 else f"ANN [{model}]"
+        lines.append(f"{name:<{width}}" + "".join(f"{first['ann_accuracy']:8.2f}" for _ in ts))
+        if first.get("relu_ann", model) != model:
+            name = f"ReLU ANN [{first['relu_ann']}]"
+            lines.append(f"{name:<{width}}" + "".join(f"{first['relu_ann_accuracy']:8.2f}" for _ in ts))
     if rows and "energy_uj" in rows[0]:
         t = ts[-1]
-        lines += ["", f"per image at T={t}: {'spikes':>10}{'synops':>14}{'energy (uJ)':>13}"]
+        lines += ["", f"{'per image at T=' + str(t):<{width}}{'spikes':>10}{'synops':>14}{'energy (uJ)':>13}"]
         for r in (r for r in rows if r["T"] == t):
-            lines.append(f"{r['method']:<22}{r['spikes_per_image']:>18,.0f}{r['synops']:>14,}{r['energy_uj']:>13.3f}")
-        lines.append(f"{'ANN':<22}{'':>18}{'':>14}{rows[0]['ann_energy_uj']:>13.3f}")
+            lines.append(f"{label(r):<{width}}{r['spikes_per_image']:>10,.0f}{r['synops']:>14,}{r['energy_uj']:>13.3f}")
+        for model in models:
+            name = "ANN" if len(models) == 1 else f"ANN [{model}]"
+            first = next(r for r in rows if r["model"] == model)
+            lines.append(f"{name:<{width}}{'':>10}{'':>14}{first['ann_energy_uj']:>13.3f}")
     return "\n".join(lines)
 
 
@@ -237,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
                           energy_constants=args.energy, backend=args.backend)
     if not rows:
         raise SystemExit("no method applied to any model: nothing to report")
+    if len({r["model"] for r in rows}) > 1:
+        print(format_table(rows))
     write_outputs(rows, Path(args.out))
     print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'accuracy_vs_T.png'}")
     return 0
