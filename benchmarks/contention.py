@@ -4,7 +4,7 @@ Each configuration runs in its own subprocess (OpenMP reads its environment once
 the machine as it is ("idle") and once while competitors run: one busy-looping Python process per core
 ("busy") and, with ``--twin``, a second torch process running the same workloads under the same settings
 ("twin": two snnconv jobs sharing the machine). Competitors inherit this process's niceness, so run the whole
-benchmark under ``nice`` on a shared machine. Per workload it prints the median time of one call and the
+benchmark under ``nice`` on a shared machine. Per workload it prints the mean time of one call and the
 slowdown loaded/idle; compare ratios measured in one run, not seconds across runs.
 
 Workloads: ``if`` = one IF neuron step (``neuron.step_``) on a [128, 32, 24, 24] current (one time step of a
@@ -70,7 +70,7 @@ def _worker(budget: float, first: bool, threads: Optional[int], forever: bool) -
                     t0 = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - t0)
-                result[name] = statistics.median(times)
+                result[name] = statistics.fmean(times)  # mean: stalls count as often as they happen
             if not forever:
                 print(json.dumps(result), flush=True)
                 return
@@ -93,7 +93,8 @@ def _measure(config: str, budget: float, load: str) -> Dict[str, float]:
     """Run one worker for ``config`` with the given competitors ("idle", "busy", "twin")."""
     comps = []
     if load == "busy":
-        comps = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+        comps = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                 for _ in range(len(os.sched_getaffinity(0)))]
     elif load == "twin":
         comps = [subprocess.Popen(_args(config, budget, forever=True), env=_env(config), stdout=subprocess.DEVNULL)]
     try:
@@ -125,21 +126,24 @@ def main() -> None:
             ap.error(f"--configs: unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
     loads = ["idle", "busy"] + (["twin"] if a.twin else [])
     res = {(c, ld): _measure(c, a.budget, ld) for c in configs for ld in loads}
-    print(f"{os.cpu_count()} cores, niceness {os.nice(0)}, load average {os.getloadavg()[0]:.2f} at the end; "
-          f"median ms per call; loaded/idle in parentheses")
-    head = f"{'workload':<8} {'config':<16} {'threads':>7} {'wait policy':>11} {'idle':>9}" + \
-        "".join(f" {ld:>17}" for ld in loads[1:])
+    print(f"{len(os.sched_getaffinity(0))} cores, niceness {os.nice(0)}, load average {os.getloadavg()[0]:.2f} at "
+          f"the end; mean ms per call, (x) = slowdown against the same configuration's idle run")
+    for c in configs:
+        r = res[(c, "idle")]
+        print(f"  {c}: {int(r['threads'])} torch threads, OMP_WAIT_POLICY {r['wait_policy']}")
+    head = f"{'workload':<8} {'load':<5}" + "".join(f" {c:>18}" for c in configs) + \
+        (f" {configs[0] + '/' + configs[-1]:>10}" if len(configs) > 1 else "")
     print(head)
     print("-" * len(head))
     for w in WORKLOADS:
-        for c in configs:
-            idle = res[(c, "idle")]
-            row = f"{w:<8} {c:<16} {int(idle['threads']):>7} {idle['wait_policy']:>11} {1e3 * idle[w]:>9.2f}"
-            for ld in loads[1:]:
+        for ld in loads:
+            row = f"{w:<8} {ld:<5}"
+            for c in configs:
                 t = res[(c, ld)][w]
-                row += f" {1e3 * t:>9.2f} ({t / idle[w]:>5.1f}x)"
+                row += f" {1e3 * t:>9.2f} ({t / res[(c, 'idle')][w]:>5.1f}x)"
+            if len(configs) > 1:
+                row += f" {res[(configs[0], ld)][w] / res[(configs[-1], ld)][w]:>9.1f}x"
             print(row)
-
 
 if __name__ == "__main__":
     main()
