@@ -8,8 +8,11 @@ STAMP  := $(VENV)/.snnconv-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 OUT    ?= bench-out
 BOOK_DEBS := libjs-mathjax chromium chromium-driver
+# Idle OpenMP threads sleep instead of spinning (every target, the book's kernels, subprocesses); your own
+# setting wins. README: Threads and busy machines.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup data book-debs demo test book bench-speed clean
+.PHONY: setup data book-debs demo test book bench-speed bench-contention clean
 
 setup: $(STAMP) data
 
@@ -69,6 +72,10 @@ book: setup book-debs
 
 bench-speed: setup
 	$(BIN)/python benchmarks/sim_speed.py
+
+# Slowdown with competing processes on the cores, old vs new thread defaults (about 1 min; busy-loops every core).
+bench-contention: setup
+	$(BIN)/python benchmarks/contention.py --twin
 
 clean:
 	rm -rf _build $(OUT) .pytest_cache   # _build holds the chapters' execution cache too

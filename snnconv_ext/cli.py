@@ -75,7 +75,7 @@ def _check_bench(args: argparse.Namespace) -> None:
     ts = [t.strip() for t in args.timesteps.split(",")]
     if not ts or any(not t.isdigit() or int(t) < 1 for t in ts):
         raise UsageError(f"--timesteps must be comma-separated integers >= 1, got {args.timesteps!r}")
-    _positive(args, "n_test", "n_calib", "batch_size", "chunk")
+    _positive(args, "n_test", "n_calib", "batch_size", "chunk", "threads")
     try:
         options = parse_options(args.method_options)
         for name in names:
@@ -105,6 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bench", help="convert a zoo model with several methods and compare accuracy against T")
     bench.add_arguments(b)
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: one per core; README: Threads and busy machines)")
     t = sub.add_parser("train", help="train a zoo entry reproducibly")
     train.add_arguments(t)
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
@@ -114,6 +116,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = p.parse_args(argv)
         if args.cmd == "bench":
             _check_bench(args)
+            if args.threads:
+                import torch
+                torch.set_num_threads(args.threads)
             return bench.run(args)
         if args.cmd == "train":
             _check_train(args)

@@ -1,5 +1,7 @@
 """Shared fixtures: a small BN CNN trained on scikit-learn's 8x8 digits in a few seconds."""
 import pytest
+
+import snnconv_ext  # noqa: F401  (thread defaults, README "Threads and busy machines"; before torch loads)
 import torch
 import torch.nn as nn
 

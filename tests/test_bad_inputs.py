@@ -402,6 +402,7 @@ def test_idx_file_with_wrong_hash_reports_both(tmp_path):
     (["bench", "--methods", "percentile", "--method-options", "p=150"], "--method-options: method 'percentile': option p=150"),
     (["bench", "--method-options", "samples"], "--method-options: method option 'samples' is not key=value"),
     (["bench", "--n-calib", "0"], "--n-calib must be >= 1, got 0"),
+    (["bench", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["bench", "--chunk", "x"], "argument --chunk: invalid int value: 'x'"),
     (["train"], "the following arguments are required: --model"),
     (["train", "--model", "nope"], "'nope' is not a zoo entry"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from typing import Iterable, Optional
 
+import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
 import snntorch as snn
 import torch
 import torch.nn as nn

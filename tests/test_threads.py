@@ -1,0 +1,41 @@
+"""Thread defaults (issue 13): ``import snnconv_ext`` before torch makes libgomp sleep instead of spinning,
+as libgomp itself reports (OMP_DISPLAY_ENV), and never overrides a user's own setting."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = "import {first}, {second}, os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+
+
+def _run(first: str, second: str, **env: str):
+    """(OMP_WAIT_POLICY seen by Python, libgomp's GOMP_SPINCOUNT or None) in a fresh interpreter."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    clean.update(env, OMP_DISPLAY_ENV="VERBOSE",
+                 PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins"), clean.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", CODE.format(first=first, second=second)], env=clean,
+                       capture_output=True, text=True, check=True, timeout=120)
+    spin = [ln.split("=")[1].strip(" '") for ln in r.stderr.splitlines() if "GOMP_SPINCOUNT" in ln]
+    return r.stdout.split()[-1], (int(spin[0]) if spin else None)
+
+
+def test_passive_by_default_and_libgomp_stops_spinning():
+    policy, spin = _run("snnconv_ext", "torch")
+    assert policy == "PASSIVE"
+    if spin is None:
+        pytest.skip("torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT report)")
+    _, spin_unset = _run("torch", "snnconv_ext")  # torch first: nothing set, libgomp's own default
+    assert spin == 0 and spin_unset > 0
+
+
+def test_user_setting_wins():
+    policy, spin = _run("snnconv_ext", "torch", OMP_WAIT_POLICY="ACTIVE")
+    assert policy == "ACTIVE"
+    assert spin is None or spin > 0
+
+
+def test_plugin_first_applies_defaults():
+    assert _run("snnconv_spikingjelly", "torch")[0] == "PASSIVE"
