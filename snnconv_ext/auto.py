@@ -25,7 +25,7 @@ from .methods import ACTIVATIONS, Method, get as get_method, methods as method_n
 __all__ = ["convert_auto", "candidates", "applies_to", "cost_rank", "split", "ABLATIONS", "OPTIONS",
            "format_report"]
 
-# registry entries that exist to reproduce a paper's ablation, not as methods of their own: not tried unless asked for
+#: registry entries that reproduce a paper's ablation, not methods of their own: not tried unless asked for
 ABLATIONS = ("ttrbr-plain", "lcp-layer", "acp-layer", "max+lcp", "max+acp")
 # keyword options of convert_auto itself (the rest go to every candidate); `snnconv bench` keeps them from other rows
 OPTIONS = ("candidates", "budget_s", "heldout", "split_seed", "batch_size", "log")
@@ -135,6 +135,9 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
         raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
     if not (isinstance(budget_s, (int, float)) and not isinstance(budget_s, bool) and budget_s >= 0):
         raise ValueError(f"auto: budget_s={budget_s!r} must be a number of seconds >= 0")
+    training = [f"{repr(n) if n else 'model'} ({type(m).__name__})" for n, m in model.named_modules() if m.training]
+    if training:  # the held-out labels may come from the ANN: a BN layer in training mode would update its stats
+        raise graph.ConversionError(f"{training[0]} is in training mode: call model.eval() before converting")
     names, not_applicable = _candidates(model, candidates)
     plugin = importlib.import_module(BACKENDS[backend])
     dev = torch.device(device) if device is not None else next(model.parameters()).device

@@ -124,3 +124,34 @@ def test_snntorch_backend_carries_the_report(trained_cnn, calib):
 def test_bad_input(trained_cnn, calib, kw, match):
     with pytest.raises(ValueError, match=match):
         sc.convert(trained_cnn, "auto", calib, progress=False, **kw)
+
+
+def test_training_mode_is_refused_before_any_forward_pass(calib):
+    from conftest import small_cnn
+    net = small_cnn()  # training mode: a forward pass would move the BN running statistics
+    before = net[1].running_mean.clone()
+    images = DataLoader(_images(calib)[0], batch_size=128)  # no labels: auto would label them with the ANN
+    with pytest.raises(ValueError, match="model \\(Sequential\\) is in training mode: call model.eval"):
+        sc.convert(net, "auto", images, T=2, progress=False)
+    assert torch.equal(net[1].running_mean, before)
+
+
+def test_bench_auto_row_per_T():
+    from snnconv_ext import bench, cli
+    lines = []
+    rows = bench.run_bench("fmnist-net4", ["max", "auto"], [1, 4], None, n_test=50, n_calib=128, progress=False,
+                           options={"candidates": "percentile/dni", "budget_s": 60}, log=lines.append)
+    assert {(r["method"], r["T"]) for r in rows} == {("max", 1), ("max", 4), ("auto", 1), ("auto", 4)}
+    chose = [line for line in lines if line.strip().startswith("auto T=")]
+    assert len(chose) == 2 and all(("chose percentile" in c) or ("chose dni" in c) for c in chose)
+    with pytest.raises(cli.UsageError, match="unknown method 'autox'"):
+        cli._check_bench(_bench_args("autox"))
+    cli._check_bench(_bench_args("max,auto"))  # auto-only options are not offered to max
+
+
+def _bench_args(methods):
+    import argparse
+    from snnconv_ext import bench
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    return p.parse_args(["--methods", methods, "--method-options", "budget_s=5,samples=64"])
