@@ -4,6 +4,7 @@ weights plus a manifest entry, so ``zoo.load`` can verify and reuse them."""
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import platform
 import shlex
@@ -19,7 +20,8 @@ from tqdm import tqdm
 from . import models, thresholds, zoo
 from .activations import Clamp
 
-__all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "DATASETS"]
+__all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "fit", "init_levels", "swap_relus", "qcfs",
+           "DATASETS"]
 
 
 def _fashion_mnist(split: str, root: str | None) -> TensorDataset:
@@ -197,7 +199,6 @@ def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset) -> 
     lambda) starts at the 99.9th percentile of its input on the first ``init_images`` training images, so
     fine-tuning starts close to the ReLU net's function."""
     init = r["init"]
-    batches = math.ceil(r.get("init_images", 640) / r["batch_size"])
     if init.endswith(".pt"):
         state = zoo.read_state_dict(init)
     else:
@@ -211,23 +212,70 @@ def _init_from(model: nn.Module, r: dict[str, Any], train_ds: TensorDataset) -> 
     if unexpected or any(not k.endswith("alpha") for k in missing):
         raise ValueError(f"stage-I checkpoint {init!r} does not match {r['arch']}: missing {missing}, "
                          f"unexpected {unexpected}")
+    n = r.get("init_images", 640)
+    init_levels(model, train_ds.tensors[0][:n], r["batch_size"])
+
+
+@torch.no_grad()
+def init_levels(model: nn.Module, images: torch.Tensor, batch_size: int = 128, p: float = 99.9) -> list[float]:
+    """Set each Clamp's alpha (QCFS's lambda) to the ``p``-th percentile of its input while every clamp acts as a
+    ReLU (TTRBR Sec. 4; Bu et al. 2022 Sec. 5's lambda initialisation); returns the levels, in module order."""
     clamps = [m for m in model.modules() if isinstance(m, Clamp)]
-    levels = {id(m): thresholds.get("percentile", p=99.9, cap=1 << 20) for m in clamps}
+    if not clamps:
+        raise ValueError(f"{type(model).__name__} has no Clamp/QCFS activation whose level could be initialised")
+    levels = {id(m): thresholds.get("percentile", p=p, cap=1 << 20) for m in clamps}
     hooks = [m.register_forward_pre_hook(lambda m, a: levels[id(m)].observe(a[0])) for m in clamps]
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for m in clamps:  # measure the ReLU net: every clamp (QCFS: every quantiser) acts as a ReLU meanwhile
-            m.forward = torch.relu
-        try:
-            for i in range(batches):
-                model(train_ds.tensors[0][i * r["batch_size"]:min((i + 1) * r["batch_size"], r.get("init_images", 640))])
-        finally:
-            for m in clamps:
-                del m.forward
-            for h in hooks:
-                h.remove()
+    device = next(model.parameters()).device
+    for m in clamps:  # measure the ReLU net: every clamp (QCFS: every quantiser) acts as a ReLU meanwhile
+        m.forward = torch.relu
+    try:
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size].to(device))
+    finally:
         for m in clamps:
-            m.alpha.fill_(max(float(levels[id(m)].compute()), 1e-2))
+            del m.forward
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for m in clamps:
+        m.alpha.fill_(max(float(levels[id(m)].compute()), 1e-2))
+    return [float(m.alpha) for m in clamps]
+
+
+def swap_relus(model: nn.Module, make: Callable[[], nn.Module]) -> int:
+    """Replace every ``nn.ReLU`` module of ``model`` in place by ``make()``; returns how many (0 is an error:
+    a functional ``F.relu`` cannot be swapped)."""
+    count = 0
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if type(child) is nn.ReLU:
+                setattr(mod, child_name, make())
+                count += 1
+    if count == 0:
+        raise ValueError(f"{type(model).__name__} has no nn.ReLU module to replace (functional relu calls cannot "
+                         "be swapped: use nn.ReLU modules)")
+    return count
+
+
+def qcfs(ann: nn.Module, levels: int, train_data: TensorDataset, epochs: int = 10, lr: float = 1e-3,
+         batch_size: int = 128, init_images: int = 1024, augment: str = "none", seed: int = 0,
+         device: torch.device | str = "cpu", checkpoint: str | Path | None = None, progress: bool = True) -> nn.Module:
+    """QCFS warm start (Bu et al. 2022): a copy of the ReLU ``ann`` with every ReLU replaced by a QCFS activation
+    with ``levels`` levels, each lambda at the 99.9th percentile of its ReLU input on the first ``init_images``
+    training images, fine-tuned (Adam, cosine) for ``epochs``; saved to ``checkpoint`` if given. Convert the
+    result with ``method="qcfs"``."""
+    from .activations import QCFS
+
+    model = copy.deepcopy(ann).cpu()
+    swap_relus(model, lambda: QCFS(levels=levels))
+    torch.manual_seed(seed)
+    init_levels(model, train_data.tensors[0][:init_images], batch_size)
+    fit(model, train_data, epochs, lr, batch_size, augment, seed, "adam", 0.0, device, progress, f"qcfs L={levels}")
+    if checkpoint is not None:
+        zoo.save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, checkpoint)
+    return model.eval()
 
 
 def stage2_start(arch: str, init: str, train_ds: TensorDataset, batch_size: int = 128) -> nn.Module:
@@ -240,52 +288,43 @@ def stage2_start(arch: str, init: str, train_ds: TensorDataset, batch_size: int 
     return model.eval()
 
 
-def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
-    train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
-    test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
-    x0 = train_ds.tensors[0]
-    num_classes = int(max(train_ds.tensors[1].max(), test_ds.tensors[1].max()).item()) + 1
-    arch_kwargs = {"in_channels": int(x0.shape[1]), "image_size": int(x0.shape[2]),
-                   "num_classes": num_classes}
-
-    torch.manual_seed(r["seed"])
-    model = models.build(r["arch"], r["act"], **arch_kwargs)
-    if r["init"]:
-        _init_from(model, r, train_ds)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.to(r["device"])
-    sampler_gen = torch.Generator().manual_seed(r["seed"])
-    aug_gen = torch.Generator().manual_seed(r["seed"] + 1)
-    pad, flip = _parse_augment(r["augment"])
+def fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float = 1e-3, batch_size: int = 128,
+        augment: str = "none", seed: int = 0, optimizer: str = "adam", alpha_decay: float = 0.0,
+        device: torch.device | str = "cpu", show: bool = True, desc: str = "train") -> float:
+    """Train ``model`` in place with cross-entropy and a cosine learning rate stepped per batch; Clamp/QCFS levels
+    get their own weight-decay group (Adam) or an L2 term (SGD, TTRBR App. D) and stay positive. Returns seconds."""
+    model.to(device)
+    sampler_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    pad, flip = _parse_augment(augment)
     # BatchSampler + batch_size=None: one tensor-index per batch (fast on a TensorDataset).
-    sampler = BatchSampler(RandomSampler(train_ds, generator=sampler_gen), r["batch_size"], drop_last=False)
+    sampler = BatchSampler(RandomSampler(train_ds, generator=sampler_gen), batch_size, drop_last=False)
     loader = DataLoader(train_ds, sampler=sampler, batch_size=None)
-    alphas = [m.alpha for m in model.modules() if isinstance(m, Clamp)]
-    others = [p for p in model.parameters() if all(p is not a for a in alphas)]
-    if r["optimizer"] == "adam":
-        # weight_decay wd adds wd*alpha to alpha's gradient: the penalty (wd/2)*||alpha||^2
-        groups = [{"params": others}] + ([{"params": alphas, "weight_decay": r["alpha_decay"]}] if alphas else [])
-        opt = torch.optim.Adam(groups, lr=r["lr"])
-        penalty = 0.0
-    else:
-        # TTRBR Sec. 4 / App. D: SGD with momentum 0.9, an L2 regularizer on alpha in the loss
-        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9)
-        penalty = r["alpha_decay"]
-    alpha0 = [float(a.detach()) for a in alphas]
-    steps = r["epochs"] * len(sampler)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    loss_fn = nn.CrossEntropyLoss()
     clamps = [m for m in model.modules() if isinstance(m, Clamp)]
+    alphas = [m.alpha for m in clamps]
+    others = [p for p in model.parameters() if all(p is not a for a in alphas)]
+    if optimizer == "adam":
+        # weight_decay wd adds wd*alpha to alpha's gradient: the penalty (wd/2)*||alpha||^2
+        groups = [{"params": others}] + ([{"params": alphas, "weight_decay": alpha_decay}] if alphas else [])
+        opt = torch.optim.Adam(groups, lr=lr)
+        penalty = 0.0
+    elif optimizer == "sgd":
+        # TTRBR Sec. 4 / App. D: SGD with momentum 0.9, an L2 regularizer on alpha in the loss
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        penalty = alpha_decay
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * len(sampler), 1))
+    loss_fn = nn.CrossEntropyLoss()
 
     t0 = time.perf_counter()
-    for epoch in range(r["epochs"]):
+    for epoch in range(epochs):
         model.train()
-        bar = tqdm(loader, desc=f"{r['model']} epoch {epoch + 1}/{r['epochs']}", disable=not show,
-                   leave=True, unit="batch")
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show, leave=True, unit="batch")
         tot_loss, tot_ok, seen = 0.0, 0, 0
         for xb, yb in bar:
-            xb = augment_batch(xb, pad, flip, aug_gen).to(r["device"])
-            yb = yb.to(r["device"])
+            xb = augment_batch(xb, pad, flip, aug_gen).to(device)
+            yb = yb.to(device)
             out = model(xb)
             loss = loss_fn(out, yb)
             if penalty and alphas:
@@ -301,8 +340,28 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
             seen += len(yb)
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{100 * tot_ok / seen:.2f}", refresh=False)
         if not math.isfinite(tot_loss):
-            raise RuntimeError(f"training {r['model']} diverged (loss {tot_loss}) in epoch {epoch + 1}")
-    train_time = time.perf_counter() - t0
+            raise RuntimeError(f"training {desc} diverged (loss {tot_loss}) in epoch {epoch + 1}")
+    model.eval()
+    return time.perf_counter() - t0
+
+
+def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
+    train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
+    test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
+    x0 = train_ds.tensors[0]
+    num_classes = int(max(train_ds.tensors[1].max(), test_ds.tensors[1].max()).item()) + 1
+    arch_kwargs = {"in_channels": int(x0.shape[1]), "image_size": int(x0.shape[2]),
+                   "num_classes": num_classes}
+
+    torch.manual_seed(r["seed"])
+    model = models.build(r["arch"], r["act"], **arch_kwargs)
+    if r["init"]:
+        _init_from(model, r, train_ds)
+    n_params = sum(p.numel() for p in model.parameters())
+    alphas = [m.alpha for m in model.modules() if isinstance(m, Clamp)]
+    alpha0 = [float(a.detach()) for a in alphas]
+    train_time = fit(model, train_ds, r["epochs"], r["lr"], r["batch_size"], r["augment"], r["seed"], r["optimizer"],
+                     r["alpha_decay"], r["device"], show, r["model"])
 
     model.eval()
     acc32 = evaluate(model, test_ds)

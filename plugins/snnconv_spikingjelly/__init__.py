@@ -37,7 +37,8 @@ from snnconv_ext.evaluate import as_loader
 from snnconv_ext.methods import get as get_method, methods as method_names
 from snnconv_ext.neuron import NeuronParams, NeuronState, init_state, run, spike_values, start_potential, step, step_
 
-__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "SnnconvRecipe", "recipe_class", "recipes", "convert", "spikingjelly_node",
+__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "SnnconvRecipe", "QCFSRecipe", "recipe_class", "recipes",
+           "convert", "spikingjelly_node",
            "node_params", "STATEFUL", "TRAINABLE"]
 
 # knobs a node can learn (nn.Parameter on request): SpikingJelly's name -> NeuronParams field
@@ -283,6 +284,14 @@ class SnnconvRecipe(FXConversionRecipe):
         return fx_model.to(converter.device)
 
 
+class QCFSRecipe(SnnconvRecipe):
+    """QCFS conversion (Bu et al., ICLR 2022): an ANN trained with ``QCFS`` activations (Eq. 15) becomes IF neurons
+    with soft reset, theta = the trained lambda and v0 = theta/2 (Theorem 2's shift), SpikingJelly's own ``IFNode``
+    with binary spikes (lambda folded into the next layer). SpikingJelly 2.0 has no recipe for it."""
+
+    method_name = "qcfs"
+
+
 def recipe_class(name: str) -> type:
     """An ``FXConversionRecipe`` subclass bound to the registered method ``name`` (e.g. ``PercentileRecipe``)."""
     get_method(name)
@@ -295,6 +304,8 @@ class _Recipes:
     """Attribute access to a recipe class per registered method: ``recipes.PercentileChannelRecipe``."""
 
     def __getattr__(self, attr: str) -> type:
+        if attr == QCFSRecipe.__name__:
+            return QCFSRecipe
         for name in method_names():
             cls = recipe_class(name)
             if cls.__name__ == attr:
