@@ -25,6 +25,6 @@ __all__ = ["convert", "evaluate", "ann_accuracy", "finetune", "methods", "Method
 
 def __getattr__(name):  # lazy submodules: data, models, zoo, thresholds, graph, neuron
     import importlib
-    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis", "export", "datta"}:
+    if name in {"data", "models", "zoo", "thresholds", "graph", "neuron", "bench", "train", "energy", "analysis", "export", "datta", "auto"}:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)

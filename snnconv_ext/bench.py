@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
+from .auto import OPTIONS as AUTO_OPTIONS
 from .evaluate import ann_accuracy, evaluate
 from .methods import get as get_method, methods as method_names
 
@@ -92,7 +93,8 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
         if why:
             log(f"  {name:<22} n/a on {model_name}: {why}")
             continue
-        tuned = name not in SJ_RECIPES and get_method(name).T is not None
+        tuned = name == "auto" or (name not in SJ_RECIPES and get_method(name).T is not None)
+        opts = {k: v for k, v in (options or {}).items() if name == "auto" or k not in AUTO_OPTIONS}
         # a method tuned for one T (MMSE, lambda search, calibration) is converted again for every T;
         # the others once, evaluated at every T from one simulation
         groups = [[t] for t in sorted(set(int(v) for v in timesteps))] if tuned else [list(timesteps)]
@@ -104,8 +106,12 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
             else:
                 extra = {"device": dev} if backend == "spikingjelly" else {}
                 snn = convert(ann, method=name, calib_data=calib, progress=False, backend=backend, **extra,
-                              **({"T": ts[0]} if tuned else {}), **(options or {})).to(dev)
+                              **({"T": ts[0]} if tuned else {}), **opts).to(dev)
             t_conv += time.perf_counter() - t0
+            if name == "auto":  # method="auto": which method won on held-out calibration images at this T
+                rep = snn.meta["snnconv_auto"]
+                log(f"  auto T={ts[0]}: chose {rep['chosen']} of {len(rep['tried'])} tried ({len(rep['skipped'])} "
+                    f"skipped) in {rep['seconds']:.1f} s")
             t0 = time.perf_counter()
             meter = SpikeMeter(snn, tuple(test[0][0].shape))
             with meter:
@@ -133,6 +139,8 @@ def _not_applicable(name: str, present: set) -> str:
     from .methods import ACTIVATIONS, get
 
     acts = {t for t in present if t in ACTIVATIONS}
+    if name == "auto":  # picks among the applicable methods itself
+        return ""
     if name in SJ_RECIPES:
         return "" if acts <= {nn.ReLU} else f"SpikingJelly's RateCodingRecipe converts ReLU, the model uses " \
                                             f"{sorted(t.__name__ for t in acts)}"
@@ -208,7 +216,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoo entry or comma-separated entries (snnconv_ext.zoo.names()); methods that cannot "
                         "convert a model's activations are reported as n/a")
     p.add_argument("--methods", default="max,percentile,sj-max,sj-99.9,sj-best",
-                   help=f"comma-separated; ours: {', '.join(method_names())}; SpikingJelly: {', '.join(SJ_RECIPES)}")
+                   help=f"comma-separated; ours: {', '.join(method_names())}; SpikingJelly: {', '.join(SJ_RECIPES)}; "
+                        "auto: the best of ours on held-out calibration images, chosen per T (options budget_s=, "
+                        "candidates=a/b/c, heldout=)")
     p.add_argument("--timesteps", default="1,2,4,8,16,32,64,128")
     p.add_argument("--out", default="bench-out", help="directory for results.csv and accuracy_vs_T.png")
     p.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")

@@ -56,6 +56,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def _check_bench(args: argparse.Namespace) -> None:
     from . import zoo
+    from .auto import OPTIONS as AUTO_OPTIONS
     from .bench import SJ_RECIPES, parse_options
     from .methods import get, methods
 
@@ -69,7 +70,7 @@ def _check_bench(args: argparse.Namespace) -> None:
     if not names:
         raise UsageError("--methods: give at least one method")
     for name in names:
-        if name not in SJ_RECIPES and name not in methods():
+        if name not in SJ_RECIPES and name not in methods() and name != "auto":
             raise UsageError(f"--methods: unknown method {name!r}; ours: {', '.join(methods())}; "
                              f"SpikingJelly's: {', '.join(SJ_RECIPES)}")
     ts = [t.strip() for t in args.timesteps.split(",")]
@@ -78,9 +79,10 @@ def _check_bench(args: argparse.Namespace) -> None:
     _positive(args, "n_test", "n_calib", "batch_size", "chunk", "threads")
     try:
         options = parse_options(args.method_options)
+        method_options = {k: v for k, v in options.items() if k not in AUTO_OPTIONS}
         for name in names:
-            if name not in SJ_RECIPES:
-                get(name, **options)
+            if name not in SJ_RECIPES and name != "auto":
+                get(name, **method_options)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--method-options: {_one_line(exc)}") from None
     check_out_dir(args.out)
