@@ -53,15 +53,18 @@ class _FloorSTE(torch.autograd.Function):
 
 
 def qcfs_levels(x: torch.Tensor, lam: torch.Tensor, levels: int, shift: float = 0.5) -> torch.Tensor:
-    """The integer level clip(floor(x*L/lam + phi), 0, L) of the QCFS activation (Bu et al. 2022, Eq. 15);
-    with phi = 1/2 it is the spike count of an IF neuron (theta = lam, v0 = theta/2) over T = L steps."""
-    return torch.clamp(_FloorSTE.apply(x * levels / lam + shift), 0.0, float(levels))
+    """The integer level floor(clip(x/lam, 0, 1)*L + phi) = clip(floor(x*L/lam + phi), 0, L) of the QCFS activation
+    (Bu et al. 2022, Eq. 15); with phi = 1/2 it is the spike count of an IF neuron (theta = lam, v0 = theta/2)
+    over T = L steps."""
+    return _FloorSTE.apply(torch.clamp(x / lam, 0.0, 1.0) * levels + shift)
 
 
 def qcfs_act(x: torch.Tensor, lam: torch.Tensor, levels: int = 4, shift: float = 0.5) -> torch.Tensor:
-    """Quantization clip-floor-shift, (lam/L) * clip(floor(x*L/lam + phi), 0, L) (Bu et al. 2022, Eq. 15).
-    Gradients (Sec. 4.3): straight through the floor, so d/dx = 1 where the level lies strictly inside (0, L)
-    and lam gets level/L - x/lam there (1 above the top level), as autograd derives them from this expression."""
+    """Quantization clip-floor-shift, (lam/L) * clip(floor(x*L/lam + phi), 0, L) (Bu et al. 2022, Eq. 15), computed
+    as lam * floor(clip(x/lam, 0, 1)*L + phi) / L, the same values. Gradients (Sec. 4.3): the floor is passed
+    straight through, so d/dx = 1 on 0 < x < lam (0 outside) and d/dlam = level/L - x/lam there, 1 above lam;
+    clipping before the floor is the authors' corrected code (clipping after it would stop the gradient on the
+    lowest and highest level)."""
     return qcfs_levels(x, lam, levels, shift) * (lam / levels)
 
 

@@ -34,14 +34,15 @@ def test_activation_hand_table(x, lam, levels, want):
 
 
 def test_lambda_and_input_gradients():
-    # straight-through floor (Sec. 4.3): inside the levels d/dx = 1 and d/dlam = level/L - x/lam; at the top
-    # level the output is lam, so d/dlam = 1; below the first level both are 0
+    # straight-through floor (Sec. 4.3): on 0 < x < lam d/dx = 1 and d/dlam = level/L - x/lam (the lowest and the
+    # highest level included); above lam the output is lam, so d/dlam = 1; below 0 both are 0
     q = QCFS(2.0, levels=4)
     x = torch.tensor([-1.0, 0.1, 0.26, 0.74, 0.76, 1.0, 1.9, 2.5], requires_grad=True)
     q(x).sum().backward()
-    lv = torch.floor(x.detach() * 4 / 2.0 + 0.5).clamp(0, 4)
-    inside = (lv > 0) & (lv < 4)
-    want_lam = torch.where(inside, lv / 4 - x.detach() / 2.0, (lv == 4).float()).sum()
+    xd = x.detach()
+    lv = torch.floor(xd * 4 / 2.0 + 0.5).clamp(0, 4)
+    inside = (xd > 0) & (xd < 2.0)
+    want_lam = torch.where(inside, lv / 4 - xd / 2.0, (xd >= 2.0).float()).sum()
     assert q.alpha.grad is not None and q.alpha.grad.item() == pytest.approx(want_lam.item(), abs=1e-6)
     assert torch.equal(x.grad, inside.float())
 
