@@ -137,3 +137,21 @@ def test_qcfs_warm_start_fine_tunes_and_saves(digits, tmp_path):
     assert torch.equal(q2(test.tensors[0][:64]), q(test.tensors[0][:64]))
     with pytest.raises(ValueError, match="no nn.ReLU"):
         trainer.qcfs(q, 4, train, epochs=1, progress=False)
+
+
+def test_bench_row_names_the_relu_ann_it_started_from():
+    from torch.utils.data import TensorDataset
+    from snnconv_ext import data, zoo
+    from snnconv_ext.bench import run_bench
+    from snnconv_ext.train import evaluate as ann_eval
+
+    log = []
+    rows = run_bench("fmnist-net4-qcfs4", ["qcfs", "sj-best"], [4], n_test=200, n_calib=256, progress=False,
+                     log=log.append)
+    assert [r["method"] for r in rows] == ["qcfs"]  # SpikingJelly's recipe converts ReLU nets only
+    assert any("sj-best" in line and "n/a" in line for line in log)
+    test = data.fashion_mnist("test")
+    first = TensorDataset(test.tensors[0][:200], test.tensors[1][:200])
+    assert rows[0]["relu_ann"] == "fmnist-net4"
+    assert rows[0]["relu_ann_accuracy"] == pytest.approx(ann_eval(zoo.load("fmnist-net4"), first), abs=1e-9)
+    assert rows[0]["ann_accuracy"] == pytest.approx(ann_eval(zoo.load("fmnist-net4-qcfs4"), first), abs=1e-9)
