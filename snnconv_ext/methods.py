@@ -267,3 +267,10 @@ register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (al
 register(Method("qcfs", "QCFS ANN (Eq. 15) to IF with soft reset: theta = the trained lambda, v0 = theta/2 (the shift "
                 "phi = 1/2 of Theorem 2 as the initial potential).", threshold="activation", v0="half",
                 activations=(QCFS,), reference="Bu et al. 2022, Sec. 4.2, Eq. 15, Theorem 2"))
+register(Method("qcfs+snm", "QCFS ANN to signed neurons with memory (DNISNM Eqs. 19-23): thresholds +-lambda, firing at "
+                "+-lambda/2 (the QCFS shift on both signs), so an early excess spike can be taken back.",
+                threshold="activation", fire_at=0.5, signed=True, memory=True, activations=(QCFS,),
+                reference="Bu et al. 2022, Eq. 15 + Wang et al. 2024, Sec. 4.2"))
+register(Method("qcfs+lcp", "QCFS conversion (theta = lambda, v0 = theta/2), then Li et al.'s bias calibration "
+                "b += mu_c(e) for the given T (option T=...).", threshold="activation", v0="half", T=8,
+                calibration=("bias",), activations=(QCFS,), reference="Bu et al. 2022, Eq. 15 + Li et al. 2022, Eqs. 19-20"))

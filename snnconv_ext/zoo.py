@@ -157,6 +157,11 @@ ENTRIES: dict[str, Entry] = {
         augment="crop2+flip", init="fmnist-net4", optimizer="adam", init_images=1024,
         description="Net4 with QCFS activations, L = 8 (Bu et al. 2022), fine-tuned from fmnist-net4.",
     ),
+    "fmnist-net4-qcfs16": Entry(
+        dataset="fashion_mnist", arch="net4", act="qcfs16", epochs=10, lr=1e-3, batch_size=128,
+        augment="crop2+flip", init="fmnist-net4", optimizer="adam", init_images=1024,
+        description="Net4 with QCFS activations, L = 16 (Bu et al. 2022), fine-tuned from fmnist-net4.",
+    ),
     "fmnist-vgg-bn-qcfs4": Entry(
         dataset="fashion_mnist", arch="vgg_bn", act="qcfs4", epochs=2, lr=1e-3, batch_size=128,
         augment="crop2+flip", init="fmnist-vgg-bn", optimizer="adam", init_images=1024,
