@@ -1,4 +1,5 @@
-"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``train`` (zoo models), ``finetune``, ``methods``.
+"""``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``demo`` (``make demo``), ``train`` (zoo models),
+``finetune``, ``methods``.
 
 Misuse (a bad option, an unknown model or method, an ``--out`` that cannot be written) ends with exit status 2
 and one line on stderr, before any work starts; ``SNNCONV_DEBUG=1`` shows the traceback instead.
@@ -98,7 +99,7 @@ def _check_train(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``snnconv`` console script."""
-    from . import bench, train
+    from . import bench, demo, train
     import importlib
     finetune = importlib.import_module(".finetune", __package__)  # the module (the package exports the function)
     from .methods import get, methods
@@ -113,6 +114,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_arguments(t)
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
     finetune.add_arguments(f)
+    d = sub.add_parser("demo", help="each paper's best method beside SpikingJelly's two strongest recipes "
+                                    "(Net4 and a BN net, T = 1..32): marked table, results.csv, demo.png")
+    demo.add_arguments(d)
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     sub.add_parser("methods", help="list registered conversion methods")
     try:
         args = p.parse_args(argv)
@@ -122,6 +127,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 import torch
                 torch.set_num_threads(args.threads)
             return bench.run(args)
+        if args.cmd == "demo":
+            _positive(args, "threads")
+            check_out_dir(args.out)
+            if args.threads:
+                import torch
+                torch.set_num_threads(args.threads)
+            return demo.run(args)
         if args.cmd == "train":
             _check_train(args)
             train.run(args)

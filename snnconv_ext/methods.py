@@ -257,10 +257,10 @@ from . import datta as _datta  # noqa: E402,F401  (registers the 'datta' thresho
 # --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
 register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "
                 "given T (option T=...; loss='abs' for our unsigned variant), IF with soft reset, max pooling allowed.",
-                threshold="datta", threshold_options={"T": 2}, T=2, activations=(Clamp, TReLU, nn.ReLU),
+                threshold="datta", threshold_options={"T": 2}, T=2, activations=(Clamp, ThresholdReLU, TReLU, nn.ReLU),
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
 register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
-                "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, TReLU),
+                "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, ThresholdReLU, TReLU),
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))
 
 # --- QCFS (Bu et al., ICLR 2022): an ANN trained with quantization clip-floor-shift activations -------------------
