@@ -37,7 +37,7 @@ class Part:
 # Best method of each paper (README, Methods): DNISNM dni+snm, TTRBR ttrbr, Li et al. lcp+acp (Algorithm 2), stReLU,
 # Datta & Beerel and QCFS on the Net4 they train. The BN net: first 1000 test images and 128 calibration samples for
 # ACP's weight pass (paper budget 1024), TTRBR left out (its lambda search, 21 simulations per T, would double the
-# run time), so that the whole demo stays within about 10 min on 2 cores.
+# run time), to keep the demo short (README: 23-24 min on our shared 2-core machine, 1 thread).
 PLAN: Tuple[Part, ...] = (
     Part("Net4", "fmnist-net4", ("dni+snm", "ttrbr", "lcp+acp") + SJ_ROWS),
     Part("Net4", "fmnist-net4-strelu", ("strelu",)),
@@ -151,8 +151,8 @@ def format_demo(rows: Sequence[Dict], net_of: Optional[Dict[str, str]] = None,
         if diffs.get(n):
             lines.append(f"{'best ours - best SpikingJelly':<{mw + dw + 9 + fw}}"
                          + "".join(f"{diffs[n][t]:+8.2f} " if t in diffs[n] else " " * 9 for t in ts))
-        lines += ["", f"{n}: energy per image (uJ; ANN: the model's ANN)", f"{'method':<{mw}}{'model':<{dw}}{'ANN':>7}  "
-                  f"{'':<{fw}}{cols}"]
+        lines += ["", f"{n}: energy per image (uJ; ANN: the model's ANN)",
+                  f"{'method':<{mw}}{'model':<{dw}}{'ANN':>7}  {'':<{fw}}{cols}"]
         for model, method in pairs:
             first = next(r for r in nrows if (r["model"], r["method"]) == (model, method))
             lines.append(f"{method:<{mw}}{model:<{dw}}{first['ann_energy_uj']:7.2f}  {'':<{fw}}"
