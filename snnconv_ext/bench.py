@@ -87,9 +87,8 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
     if relu_name != model_name:
         log(f"  started from the ReLU ANN {relu_name}: {relu_acc:.2f}% on the same images")
     rows = []
-    present = {type(m) for m in ann.modules()}
     for name in method_list:
-        why = _not_applicable(name, present)
+        why = _not_applicable(name, ann)
         if why:
             log(f"  {name:<22} n/a on {model_name}: {why}")
             continue
@@ -134,11 +133,13 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
     return rows
 
 
-def _not_applicable(name: str, present: set) -> str:
-    """Why ``name`` cannot convert a model with these module types ('' if it can)."""
-    from .methods import ACTIVATIONS, get
+def _not_applicable(name: str, model: nn.Module) -> str:
+    """Why ``name`` cannot convert ``model`` ('' if it can): SpikingJelly's recipes convert ReLU only; ours as
+    :func:`snnconv_ext.auto.applies_to` says."""
+    from .auto import applies_to
+    from .methods import ACTIVATIONS
 
-    acts = {t for t in present if t in ACTIVATIONS}
+    acts = {type(m) for m in model.modules() if type(m) in ACTIVATIONS}
     if name == "auto":  # picks among the applicable methods itself
         return ""
     if name in SJ_RECIPES:
@@ -146,9 +147,7 @@ def _not_applicable(name: str, present: set) -> str:
                                             f"{sorted(t.__name__ for t in acts)}"
     if name not in method_names():
         raise KeyError(f"unknown method {name!r}: ours {method_names()}, SpikingJelly's {sorted(SJ_RECIPES)}")
-    wanted = set(get(name).activations)
-    return "" if acts <= wanted else f"method converts {sorted(t.__name__ for t in wanted)}, the model uses " \
-                                     f"{sorted(t.__name__ for t in acts)}"
+    return applies_to(name, model)
 
 
 def format_table(rows: List[Dict]) -> str:
