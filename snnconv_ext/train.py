@@ -248,7 +248,7 @@ def swap_relus(model: nn.Module, make: Callable[[], nn.Module]) -> int:
     """Replace every ``nn.ReLU`` module of ``model`` in place by ``make()``; returns how many (0 is an error:
     a functional ``F.relu`` cannot be swapped)."""
     count = 0
-    for name, mod in list(model.named_modules()):
+    for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if type(child) is nn.ReLU:
                 setattr(mod, child_name, make())
