@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.snnconv-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 OUT    ?= bench-out
 BOOK_DEBS := libjs-mathjax chromium chromium-driver
+# processes for the chapters and the demo (one per core)
+JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 # Idle OpenMP threads sleep instead of spinning (every target, the book's kernels, subprocesses); your own
 # setting wins. README: Threads and busy machines.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -49,23 +51,31 @@ book-debs:
 
 # Main job: each paper's best method beside SpikingJelly's two strongest recipes on the zoo Net4 (full test set) and
 # the BN VGG, T = 1..32 (snnconv_ext/demo.py): marked table, $(OUT)/results.csv and $(OUT)/demo.png.
+# JOBS benches at once, one process each (default: one per core).
 demo: setup
-	$(BIN)/snnconv demo --out $(OUT)
+	$(BIN)/snnconv demo --out $(OUT) --jobs $(JOBS)
 
-# Every chapter once, through the strict book build (a chapter's failing assert fails it), then every unit test
-# and the built pages in headless Chromium (tests/test_book_browser.py). Runs both, fails if either failed.
+# Every chapter once, through the strict book build (a chapter's failing assert fails it), every unit test (in
+# one single-threaded process beside the chapters, log in _build/unit-tests.log), then the built pages in
+# headless Chromium (tests/test_book_browser.py). Runs all three, fails if any failed.
 test: setup
-	@status=0; \
+	@mkdir -p _build; status=0; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_book_browser.py \
+	  > _build/unit-tests.log 2>&1 & tests=$$!; \
 	$(MAKE) --no-print-directory book || status=1; \
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider || status=1; \
+	wait $$tests || status=1; \
+	echo "Unit tests (ran beside the chapters):"; cat _build/unit-tests.log; \
+	$(BIN)/python -m pytest tests/test_book_browser.py -q -p no:cacheprovider || status=1; \
 	echo "Chapter screenshots: $(CURDIR)/_build/screenshots"; \
 	exit $$status
 
 # Strict, cached, offline HTML book in _build/html. Chapters run once and are cached (_build/.jupyter_cache)
-# until their code changes; --all re-reads every page so every warning shows again; -W --keep-going fails
-# on any warning, including a failed or timed-out cell. Then each chapter's run time, or its failing cell.
+# until their code changes, JOBS at a time (default: one per core, single-threaded kernels; .ci/run_chapters.py);
+# --all re-reads every page so every warning shows again; -W --keep-going fails on any warning, including a
+# failed or timed-out cell. Then each chapter's run time, or its failing cell.
 book: setup book-debs
 	@status=0; \
+	$(BIN)/python .ci/run_chapters.py --jobs $(JOBS) || status=1; \
 	$(BIN)/jupyter-book build -W --keep-going --all . || status=1; \
 	$(BIN)/python .ci/book_report.py || status=1; \
 	exit $$status

@@ -57,21 +57,52 @@ def missing(model: str) -> str:
     return f"checkpoint not in the zoo yet; create it with: {zoo.train_command(model)}"
 
 
+def _bench_one(model: str, method: str, timesteps: Sequence[int], n_test: Optional[int], n_calib: int,
+               options: Dict, device: Optional[str], threads: int) -> Tuple[List[Dict], List[str], float]:
+    """Worker of a parallel demo: one (model, method) bench in its own process with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    lines: List[str] = []
+    t0 = time.perf_counter()
+    rows = run_bench(model, [method], timesteps, None, n_test, n_calib, progress=False, log=lines.append,
+                     options=options, device=device, table=False)
+    return rows, lines, time.perf_counter() - t0
+
+
+def _cost(part: Part, method: str, timesteps: Sequence[int]) -> float:
+    """A rough relative cost of one (model, method) bench, to start the longest first (only the order uses it)."""
+    from .methods import get
+
+    tuned = method not in SJ_RECIPES and get(method).T is not None
+    steps = sum(timesteps) if tuned else max(timesteps)
+    return (part.n_test or 10_000) * steps * (3.0 if "snm" in method else 1.0) * (2.0 if tuned else 1.0)
+
+
 def run_demo(out: Optional[Path], plan: Sequence[Part] = PLAN, timesteps: Sequence[int] = TIMESTEPS,
              n_calib: int = 1024, progress: bool = True, log: Callable[[str], None] = print,
-             device: Optional[str] = None) -> List[Dict]:
+             device: Optional[str] = None, jobs: int = 1) -> List[Dict]:
     """Run every part of ``plan`` (skipping missing checkpoints, logged), log the marked table, write
-    ``results.csv``, ``accuracy_vs_T.png`` and ``demo.png`` to ``out``; return bench's rows."""
+    ``results.csv``, ``accuracy_vs_T.png`` and ``demo.png`` to ``out``; return bench's rows.
+
+    ``jobs > 1`` runs the (model, method) benches in that many processes, longest first, each with
+    ``cores // jobs`` threads: on a small CPU, single-threaded processes side by side finish sooner than one
+    process using every core (neuron updates are elementwise and scale poorly with threads). Same rows."""
     t0 = time.perf_counter()
-    rows: List[Dict] = []
+    parts = []
     for part in plan:
         why = missing(part.model)
         if why:
             log(f"skipping {part.model} ({', '.join(part.methods)}): {why}")
-            continue
-        # run_bench logs progress lines and then its own per-model table (the one multi-line message): keep the lines
-        rows += run_bench(part.model, part.methods, timesteps, None, part.n_test, n_calib, progress=progress,
-                          log=lambda s: None if "\n" in s else log(s), options=dict(part.options), device=device)
+        else:
+            parts.append(part)
+    rows: List[Dict] = []
+    if jobs <= 1:
+        for part in parts:
+            rows += run_bench(part.model, part.methods, timesteps, None, part.n_test, n_calib, progress=progress,
+                              log=log, options=dict(part.options), device=device, table=False)
+    else:
+        rows = _run_parallel(parts, timesteps, n_calib, progress, log, device, jobs)
     if not rows:
         raise SystemExit("demo: no zoo model of the plan could be loaded: nothing to report")
     net_of = {p.model: p.net for p in plan}
@@ -83,6 +114,32 @@ def run_demo(out: Optional[Path], plan: Sequence[Part] = PLAN, timesteps: Sequen
         log(f"wrote {Path(out) / 'results.csv'}, {Path(out) / 'demo.png'} and {Path(out) / 'accuracy_vs_T.png'}")
     log(f"demo: {(time.perf_counter() - t0) / 60:.1f} min")
     return rows
+
+
+def _run_parallel(parts: Sequence[Part], timesteps: Sequence[int], n_calib: int, progress: bool,
+                  log: Callable[[str], None], device: Optional[str], jobs: int) -> List[Dict]:
+    """The benches of ``parts`` in ``jobs`` spawned processes (fork after OpenMP has started can hang);
+    rows come back in plan order."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    tasks = [(i, j, part, method) for i, part in enumerate(parts) for j, method in enumerate(part.methods)]
+    tasks.sort(key=lambda t: -_cost(t[2], t[3], timesteps))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"demo: {len(tasks)} benches in {jobs} processes, {threads} thread(s) each")
+    done: Dict[Tuple[int, int], List[Dict]] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_bench_one, part.model, method, tuple(timesteps), part.n_test, n_calib,
+                               dict(part.options), device, threads): (i, j) for i, j, part, method in tasks}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="demo", disable=not progress):
+            rows, lines, secs = fut.result()
+            done[futures[fut]] = rows
+            for line in lines:
+                log(line)
+    return [r for key in sorted(done) for r in done[key]]
 
 
 def _test_images(part: Part) -> str:
@@ -214,6 +271,8 @@ def write_figure(rows: Sequence[Dict], path: Path, net_of: Optional[Dict[str, st
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench-out", help="folder for results.csv, demo.png and accuracy_vs_T.png")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="benches run at once, each in its own process (make demo: one per core)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -222,5 +281,5 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(0)
-    run_demo(Path(args.out), progress=not args.no_progress, device=args.device)
+    run_demo(Path(args.out), progress=not args.no_progress, device=args.device, jobs=args.jobs)
     return 0

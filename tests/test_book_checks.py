@@ -1,5 +1,6 @@
 """The book build's own checks (book/_ext/offline_book.py, .ci/book_report.py) on hand-written pages."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import nbformat
@@ -12,6 +13,7 @@ def load(path: Path, name: str):
     pytest.importorskip("sphinx")
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod                      # so worker processes can unpickle its functions
     spec.loader.exec_module(mod)
     return mod
 
@@ -60,3 +62,30 @@ def test_report_names_the_failing_cell(report):
     assert report.failing_cell(nb, error) == 2
     assert report.failing_cell(nb, timeout) == 2
     assert report.failing_cell(nb, "KeyboardInterrupt") is None
+
+
+def test_parallel_chapter_runner_fills_the_cache_the_build_reads(tmp_path, report):
+    """.ci/run_chapters.py executes each chapter into jupyter-cache; the record matches the chapter's code (so the
+    book build executes nothing), keeps each cell's seconds, and a failing chapter is recorded with its cell."""
+    runner = load(ROOT / ".ci" / "run_chapters.py", "run_chapters")
+    (tmp_path / "_config.yml").write_text("execute:\n  timeout: 60\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: index\nchapters:\n  - file: good\n  - file: bad\n")
+    cells = {"good": ["import os\nthreads = os.environ['OMP_NUM_THREADS']", "x = 6 * 7\nprint(x)"],
+             "bad": ["x = 1", "assert x == 2, 'the claim'"]}
+    for name, src in [("index", [])] + list(cells.items()):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in src])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    assert runner.main(["--root", str(tmp_path), "--jobs", "2"]) == 1          # one chapter failed
+    from jupyter_cache import get_cache
+    cache = get_cache(str(tmp_path / "_build" / ".jupyter_cache"))
+    record = cache.match_cache_notebook(nbformat.read(tmp_path / "good.ipynb", as_version=4))
+    done = cache.get_cache_bundle(record.pk).nb
+    assert done.cells[1].outputs[0]["text"] == "42\n"
+    assert len(done.metadata[report.CELL_SECONDS]) == 2 and all(s >= 0 for s in done.metadata[report.CELL_SECONDS])
+    with pytest.raises(KeyError):
+        cache.match_cache_notebook(nbformat.read(tmp_path / "bad.ipynb", as_version=4))
+    tb = {Path(r.uri).name: r.traceback for r in cache.list_project_records()}["bad.ipynb"]
+    assert "the claim" in tb
+    assert report.main(["--root", str(tmp_path)]) == 1                         # the report names the failure
+    assert runner.main(["--root", str(tmp_path)]) == 1                         # only the failed one runs again

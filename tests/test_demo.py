@@ -95,3 +95,17 @@ def test_cli_demo_refuses_a_file_as_out(tmp_path, capsys):
     f.write_text("x")
     assert cli.main(["demo", "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_parallel_demo_gives_the_serial_rows(tmp_path):
+    """--jobs 2 runs each (model, method) bench in its own spawned process: the same rows, in plan order."""
+    plan = (demo.Part("Net4", "fmnist-net4", ("max", "sj-best"), n_test=64),
+            demo.Part("Net4", "fmnist-net4-qcfs4", ("qcfs",), n_test=64))
+    kw = dict(timesteps=(1, 4), n_calib=64, progress=False, log=lambda s: None)
+    serial = demo.run_demo(None, plan, **kw)
+    parallel = demo.run_demo(tmp_path, plan, jobs=2, **kw)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "convert_s"} for r in rows]   # timing differs
+    assert drop(parallel) == drop(serial)
+    assert [(r["model"], r["method"]) for r in parallel[::2]] == [("fmnist-net4", "max"), ("fmnist-net4", "sj-best"),
+                                                                  ("fmnist-net4-qcfs4", "qcfs")]
+    assert (tmp_path / "results.csv").is_file()

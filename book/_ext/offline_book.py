@@ -115,28 +115,34 @@ def check_output(app: Sphinx, exc: Exception | None) -> None:
             logger.warning(f"{css.relative_to(out)} loads {url} from the network")
 
 
-def _record_cell_timing() -> None:
-    """Make myst-nb's cache executor record each cell's run time in ``nb.metadata[CELL_SECONDS]``."""
+def keep_cell_seconds(nb) -> None:
+    """Move nbclient's per-cell timing records into ``nb.metadata[CELL_SECONDS]`` (cell metadata is hashed by
+    jupyter-cache, so the cells must come back unchanged)."""
     from datetime import datetime
 
-    from myst_nb.core.execute import cache
-
-    run = cache.single_nb_execution
-    if getattr(run, "records_timing", False):
-        return
-
     def seconds(cell) -> float | None:
-        t = cell.get("metadata", {}).pop("execution", {})    # cell metadata is hashed: keep it unchanged
+        t = cell.get("metadata", {}).pop("execution", {})
         start, end = t.get("iopub.execute_input"), t.get("shell.execute_reply")
         if not (start and end):
             return None
         return (datetime.fromisoformat(end.replace("Z", "+00:00"))
                 - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
 
+    nb.metadata[CELL_SECONDS] = [seconds(c) if c.cell_type == "code" else None for c in nb.cells]
+
+
+def _record_cell_timing() -> None:
+    """Make myst-nb's cache executor record each cell's run time in ``nb.metadata[CELL_SECONDS]``."""
+    from myst_nb.core.execute import cache
+
+    run = cache.single_nb_execution
+    if getattr(run, "records_timing", False):
+        return
+
     def timed(nb, *args, **kwargs):
         kwargs.setdefault("record_timing", True)
         result = run(nb, *args, **kwargs)
-        nb.metadata[CELL_SECONDS] = [seconds(c) if c.cell_type == "code" else None for c in nb.cells]
+        keep_cell_seconds(nb)
         return result
 
     timed.records_timing = True
