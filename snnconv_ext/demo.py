@@ -70,13 +70,24 @@ def _bench_one(model: str, method: str, timesteps: Sequence[int], n_test: Option
     return rows, lines, time.perf_counter() - t0
 
 
-def _cost(part: Part, method: str, timesteps: Sequence[int]) -> float:
-    """A rough relative cost of one (model, method) bench, to start the longest first (only the order uses it)."""
+def _cost(part: Part, method: str, timesteps: Sequence[int], macs: float) -> float:
+    """A rough relative cost of one (model, method) bench, to start the longest first (only the order uses it):
+    the ANN's MACs times the image-steps simulated, with a tuned method's per-T calibration on 1024 images."""
     from .methods import get
 
     tuned = method not in SJ_RECIPES and get(method).T is not None
     steps = sum(timesteps) if tuned else max(timesteps)
-    return (part.n_test or 10_000) * steps * (3.0 if "snm" in method else 1.0) * (2.0 if tuned else 1.0)
+    work = (part.n_test or 10_000) * steps + (4 * 1024 * sum(timesteps) if tuned else 0)
+    return macs * work * (2.0 if "snm" in method else 1.0)
+
+
+def _macs(model: str) -> float:
+    """The ANN's MACs per image of zoo ``model``."""
+    from . import data, zoo
+    from .energy import ann_macs
+
+    shape = tuple(getattr(data, zoo.ENTRIES[model].dataset)("test")[0][0].shape)
+    return float(sum(ann_macs(zoo.load(model), shape).values()))
 
 
 def run_demo(out: Optional[Path], plan: Sequence[Part] = PLAN, timesteps: Sequence[int] = TIMESTEPS,
@@ -127,7 +138,8 @@ def _run_parallel(parts: Sequence[Part], timesteps: Sequence[int], n_calib: int,
     from tqdm.auto import tqdm
 
     tasks = [(i, j, part, method) for i, part in enumerate(parts) for j, method in enumerate(part.methods)]
-    tasks.sort(key=lambda t: -_cost(t[2], t[3], timesteps))
+    macs = {part.model: _macs(part.model) for part in parts}
+    tasks.sort(key=lambda t: -_cost(t[2], t[3], timesteps, macs[t[2].model]))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"demo: {len(tasks)} benches in {jobs} processes, {threads} thread(s) each")
     done: Dict[Tuple[int, int], List[Dict]] = {}
