@@ -208,10 +208,10 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
     if p.memory:  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike; a positive
         # spike this step excludes a negative one, so the gate uses m(t-1)
         if isinstance(r, float) and r == 1.0:
-            torch.clamp(state.m, max=1.0, out=gate)  # integer counts m >= 0: min(m, 1) is the gate m >= 1
+            torch.minimum(neg, state.m, out=neg)  # integer counts m >= 0, neg in {0, 1}: min(neg, m) = neg*[m >= 1]
         else:
             torch.ge(state.m, r, out=gate)
-        neg.mul_(gate)
+            neg.mul_(gate)
     out.sub_(neg)
     if p.theta_neg is p.theta:  # symmetric: one soft reset v -= theta * s (DNISNM Eq. 22)
         v.addcmul_(out, p.theta, value=-1) if isinstance(p.theta, torch.Tensor) else v.sub_(out, alpha=p.theta)
