@@ -60,7 +60,7 @@ demo: setup
 # headless Chromium (tests/test_book_browser.py). Runs all three, fails if any failed.
 test: setup
 	@mkdir -p _build; status=0; \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_book_browser.py \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=10 --ignore=tests/test_book_browser.py \
 	  > _build/unit-tests.log 2>&1 & tests=$$!; \
 	$(MAKE) --no-print-directory book || status=1; \
 	wait $$tests || status=1; \
