@@ -1,6 +1,6 @@
 """Reading ``snnconv bench`` rows side by side: lossless latency, the accuracy-energy Pareto front, best per T.
 
-The comparison chapter and ``snnconv demo`` use these on bench's rows (dicts with ``model``, ``method``, ``T``,
+The comparison chapter uses these on bench's rows (dicts with ``model``, ``method``, ``T``,
 ``accuracy``, ``ann_accuracy``, ``energy_uj``), so what "lossless" or "best" means is defined once.
 """
 from __future__ import annotations

@@ -337,8 +337,9 @@ class Report:
 
 def _events_per_position(s: torch.Tensor) -> torch.Tensor:
     """Nonzero outputs (spikes; a signed -1 counts like +1) of ``s`` ``[steps, B, ...]`` summed over the batch,
-    ``[steps, ...]`` float32. One step at a time as ones(1, B) @ (s != 0): about 5x faster on CPU than
-    ``count_nonzero(s, dim=1)``, whose strided reduction dominated the cost of metering a simulation."""
+    ``[steps, ...]`` float32. One step at a time as ones(1, B) @ (s != 0): on CPU about 2.5x faster than the
+    strided batch reduction ``(s != 0).sum(1)`` (and 5x faster than ``count_nonzero(s, dim=1)``), which took
+    about 40 % of a metered simulation."""
     steps, b = s.shape[:2]
     flat = s.reshape(steps, b, -1)
     ones = torch.ones(1, b, dtype=torch.float32, device=s.device)
