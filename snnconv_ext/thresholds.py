@@ -115,11 +115,11 @@ class MaxThreshold(ThresholdStrategy):
     def observe(self, z: torch.Tensor) -> None:
         z = z.detach().float()
         if self.granularity == "layer":
-            m = z.max()
+            m = z.amax()
         elif self.granularity == "channel":
-            m = _channels_first(z).max(dim=1).values
+            m = z.amax(dim=(0,) + tuple(range(2, z.dim())))
         else:
-            m = z.max(dim=0).values
+            m = z.amax(dim=0)  # amax: ~10x faster than max(dim=0), which also finds indices
         self.value = m if self.value is None else torch.maximum(self.value, m)
         self.count += z.shape[0]
         self._sample_dim = z.dim() - 1
@@ -135,7 +135,9 @@ class PercentileThreshold(ThresholdStrategy):
     """p-th percentile of the ReLU output (zeros included), "robust norm" of Rueckauer et al. 2017.
 
     Values are kept exactly up to ``cap`` per layer (or per channel); beyond that a seeded uniform
-    subsample of ``cap`` values is kept, which leaves the percentile unbiased. ``granularity="neuron"`` takes
+    subsample of ``cap`` to ``2 cap`` values is kept, which leaves the percentile unbiased. Every value position gets a
+    uniform random key and the values with a key below ``cap / values seen`` are kept (Bernoulli sampling with
+    one rate for the whole stream), so values that cannot make it are dropped as they arrive, without a shuffle. ``granularity="neuron"`` takes
     the percentile of each neuron's values over the calibration images (a robust version of DNI's per-neuron
     maximum, DNISNM Sec. 4.1: one outlier image no longer sets a neuron's threshold).
     """
@@ -148,16 +150,25 @@ class PercentileThreshold(ThresholdStrategy):
             raise ValueError(f"percentile cap (values kept per layer) must be a positive integer, got {cap!r}")
         self.p, self.cap = float(p), int(cap)
         self.values: List[torch.Tensor] = []
-        self.n = 0
+        self.keys: List[torch.Tensor] = []
+        self.bar: Optional[float] = None  # the sampling rate: values with a key >= bar are dropped
+        self.n = self.seen = 0
         self.gen = torch.Generator().manual_seed(seed)
 
     def observe(self, z: torch.Tensor) -> None:
         z = z.detach().float().clamp_min(0)
-        self.values.append(self._groups(z).cpu())
-        self.n += self.values[-1].shape[1]
         self.count += z.shape[0]
         self._sample_dim = z.dim() - 1
         self._sample_shape = tuple(z.shape[1:])
+        g = self._groups(z).cpu()  # [groups, values]; one key per column keeps every group's sample uniform
+        keys = torch.rand(g.shape[1], generator=self.gen, dtype=torch.float64)
+        self.seen += g.shape[1]
+        if self.bar is not None:
+            keep = keys < self.bar
+            g, keys = g[:, keep], keys[keep]
+        self.values.append(g)
+        self.keys.append(keys)
+        self.n += g.shape[1]
         if self.n > 2 * self.cap:
             self._shrink()
 
@@ -178,17 +189,22 @@ class PercentileThreshold(ThresholdStrategy):
         return theta.reshape(self._sample_shape)
 
     def _shrink(self) -> None:
-        allv = torch.cat(self.values, dim=1)
-        idx = torch.randperm(allv.shape[1], generator=self.gen)[: self.cap]
-        self.values, self.n = [allv[:, idx]], self.cap
+        """Lower the rate to ``cap / seen``: every value seen so far is kept with that probability."""
+        allv, keys = torch.cat(self.values, dim=1), torch.cat(self.keys)
+        self.bar = self.cap / self.seen
+        keep = keys < self.bar
+        self.values, self.keys, self.n = [allv[:, keep]], [keys[keep]], int(keep.sum())
 
     def compute(self) -> torch.Tensor:
         self._check_ready()
-        if self.n > self.cap:
-            self._shrink()
-        allv = torch.cat(self.values, dim=1)
-        k = max(1, min(allv.shape[1], int(round(self.p / 100.0 * allv.shape[1]))))
-        return self._shaped(self._positive(self._check_finite(allv.kthvalue(k, dim=1).values)))
+        allv = torch.cat(self.values, dim=1)  # up to 2 * cap values: all of them count
+        n = allv.shape[1]
+        k = max(1, min(n, int(round(self.p / 100.0 * n))))
+        if 2 * (n - k + 1) < n:  # a high percentile: the (n-k+1)-th largest, topk is several times faster
+            theta = allv.topk(n - k + 1, dim=1).values[:, -1]
+        else:
+            theta = allv.kthvalue(k, dim=1).values
+        return self._shaped(self._positive(self._check_finite(theta)))
 
 
 @register("activation")

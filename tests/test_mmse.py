@@ -95,3 +95,39 @@ def test_neuron_percentile_is_each_neurons_own_order_statistic():
     assert th.shape == (3, 4, 4)
     ref = z.reshape(200, -1).sort(0).values[round(0.99 * 200) - 1].reshape(3, 4, 4)
     assert torch.equal(th, ref) and bool((th < z.max(0).values).all())
+
+
+@pytest.mark.parametrize("p", [70.0, 99.9])
+def test_layer_percentile_is_the_exact_order_statistic_below_the_cap(p):
+    # both selection paths (kthvalue for low p, topk of the largest for high p) against a full sort
+    z = torch.randn(64, 8, 6, 6, generator=torch.Generator().manual_seed(3)).relu()
+    s = thresholds.get("percentile", p=p)
+    for chunk in z.split(16):
+        s.observe(chunk)
+    v = z.flatten().sort().values
+    assert s.compute().item() == v[round(p / 100 * v.numel()) - 1].item()
+
+
+def test_percentile_subsample_is_uniform_without_replacement():
+    # cap to 2 cap distinct values are kept, each value equally likely whatever batch it came in:
+    # stream the integers 0..n-1 in unequal batches and compare the kept set with a uniform sample
+    n, cap = 60_000, 2_000
+    sizes = [5_000, 500, 20_000, 34_500]
+    kept = []
+    for seed in range(20):
+        s = thresholds.get("percentile", p=50.0, cap=cap, seed=seed)
+        start = 0
+        for b in sizes:
+            s.observe(torch.arange(start, start + b, dtype=torch.float32)[:, None])
+            start += b
+        s.compute()
+        v = torch.cat(s.values, 1)[0]
+        assert cap - 5 * cap ** 0.5 < v.numel() < 2 * cap and v.unique().numel() == v.numel()  # no value twice
+        kept.append(v)
+    v = torch.cat(kept)
+    # share of each batch: binomial around size/n; the mean of a uniform sample of 0..n-1: n/2 within 5 SE
+    edges = torch.tensor(np.cumsum([0] + sizes), dtype=torch.float32)
+    for i, b in enumerate(sizes):
+        share = ((v >= edges[i]) & (v < edges[i + 1])).float().mean().item()
+        assert abs(share - b / n) < 5 * (b / n * (1 - b / n) / v.numel()) ** 0.5, (i, share)
+    assert abs(v.mean().item() - n / 2) < 5 * (n / 12 ** 0.5) / v.numel() ** 0.5
