@@ -7,9 +7,10 @@ Quick start::
     snn = sc.convert(ann, method="percentile", calib_data=sc.data.subset(sc.data.fashion_mnist("train"), 1024))
     acc = sc.evaluate(snn, sc.data.fashion_mnist("test"), timesteps=[8, 16, 32])
 """
-from . import _threads
+from . import _malloc, _threads
 
 _threads.apply()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads (README: Threads and busy machines)
+_malloc.apply()  # reuse freed simulation buffers instead of page-faulting them in again (README: same section)
 
 from . import activations  # noqa: F401  (registers stReLU, tReLU, atLeakyReLU)
 from .convert import convert

@@ -156,3 +156,21 @@ def test_residual_graph_converts():
     x = torch.rand(16, 4)
     out = list(simulate_net(snn, x, 4096, chunk=512))[-1][-1] / 4096
     torch.testing.assert_close(out, model(x), atol=2e-2, rtol=0)
+
+
+def test_seq_pooling_fast_path_equals_avg_pool2d():
+    # the 2x2 pooling of spikes is exact; analog input agrees to float rounding; odd sizes and hooked modules
+    # take avg_pool2d itself
+    g = torch.Generator().manual_seed(0)
+    pool = nn.AvgPool2d(2)
+    seq = graph.SeqModule(pool)
+    s = torch.randint(-1, 2, (3, 2, 4, 6, 8), generator=g).float()
+    assert torch.equal(seq(s), F.avg_pool2d(s.flatten(0, 1), 2).view(3, 2, 4, 3, 4))
+    x = torch.randn(3, 2, 4, 6, 8, generator=g)
+    assert torch.allclose(seq(x), F.avg_pool2d(x.flatten(0, 1), 2).view(3, 2, 4, 3, 4), atol=1e-6)
+    odd = torch.randn(1, 2, 4, 5, 7, generator=g)
+    assert torch.equal(seq(odd), F.avg_pool2d(odd.flatten(0, 1), 2).view(1, 2, 4, 2, 3))
+    seen = []
+    pool.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    seq(s)
+    assert seen == [torch.Size([6, 4, 3, 4])]
