@@ -134,11 +134,11 @@ class MaxThreshold(ThresholdStrategy):
 class PercentileThreshold(ThresholdStrategy):
     """p-th percentile of the ReLU output (zeros included), "robust norm" of Rueckauer et al. 2017.
 
-    Values are kept exactly up to ``cap`` per layer (or per channel); beyond that a seeded uniform
-    subsample of ``cap`` to ``2 cap`` values is kept, which leaves the percentile unbiased. Every value position gets a
-    uniform random key and the values with a key below ``cap / values seen`` are kept (Bernoulli sampling with
-    one rate for the whole stream), so values that cannot make it are dropped as they arrive, without a shuffle. ``granularity="neuron"`` takes
-    the percentile of each neuron's values over the calibration images (a robust version of DNI's per-neuron
+    Values are kept exactly up to ``cap`` per layer (or per channel); beyond that a seeded uniform subsample of
+    ``cap`` to ``2 cap`` values is kept, which leaves the percentile unbiased: every value position gets a uniform
+    random key and values with a key below ``cap / values seen`` stay (Bernoulli sampling at one rate for the whole
+    stream), so values that cannot make it are dropped as they arrive, without a shuffle. ``granularity="neuron"``
+    takes the percentile of each neuron's values over the calibration images (a robust version of DNI's per-neuron
     maximum, DNISNM Sec. 4.1: one outlier image no longer sets a neuron's threshold).
     """
 
