@@ -8,6 +8,11 @@ timeout, no errors allowed, each cell's run time kept for `.ci/book_report.py`),
 first, and stores the result in ``_build/.jupyter_cache``; the book build that follows then executes nothing.
 A failing chapter is recorded with its traceback, exactly as myst-nb records it, and the build reports it.
 
+Unlike myst-nb, the client does not act as the ipywidgets Output widget's front end (nbclient's comm handlers send
+comm messages back on the shell channel while it waits for the execute reply; with `interact` cells that
+intermittently deadlocked a kernel and its client, both idle, in three of our runs: nbclient issue 312). The
+slider's first output then lands in the cell itself, which is what the static HTML shows anyway.
+
     python .ci/run_chapters.py [--jobs N] [--root .] [--build ROOT/_build]
 """
 from __future__ import annotations
@@ -30,22 +35,33 @@ from offline_book import keep_cell_seconds  # noqa: E402
 
 # Last measured run times (s, one thread, fresh clone): only the order of execution depends on them, longest
 # first so that the two workers finish together. A chapter not listed starts first.
-EXPECTED_S = {"calibration": 700, "ttrbr": 330, "dnisnm": 240, "comparison": 220, "relu_to_if": 150, "strelu": 140,
-              "datta": 100, "qcfs": 70}
+EXPECTED_S = {"calibration": 340, "ttrbr": 300, "dnisnm": 180, "comparison": 145, "relu_to_if": 130, "strelu": 120,
+              "datta": 65, "qcfs": 55}
 
 
 def _execute(path: str, timeout: int, threads: int):
     """Worker: execute one chapter with ``threads`` threads per kernel; return the executed notebook."""
-    from jupyter_cache.executors.utils import single_nb_execution
+    import traceback
+
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)            # the kernel inherits the worker's environment
     os.environ.setdefault("TQDM_DISABLE", "1")    # as book/_ext/offline_book.py sets for the build's kernels
     nb = nbformat.read(path, as_version=4)
-    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=False,
-                                 meta_override=True, record_timing=True)
+    timeout = nb.metadata.get("execution", {}).get("timeout", timeout)   # a chapter's own setting wins
+    client = NotebookClient(nb, timeout=timeout, allow_errors=False, record_timing=True,
+                            resources={"metadata": {"path": str(Path(path).parent)}})
+    client.comm_open_handlers = {"jupyter.widget": lambda msg: None}   # no Output-widget front end (see above)
+    error, t0 = None, time.perf_counter()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError):
+        error = traceback.format_exc()
+    secs = time.perf_counter() - t0
     keep_cell_seconds(nb)
-    return path, nbformat.writes(nb), result.time, result.exc_string if result.err is not None else None
+    return path, nbformat.writes(nb), secs, error
 
 
 def main(argv: list[str] | None = None) -> int:
