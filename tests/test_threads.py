@@ -68,4 +68,12 @@ def test_freed_buffers_are_reused_without_page_faults():
         pytest.skip("glibc's mallopt only")
     system = _faults(SNNCONV_MALLOC="system")
     assert system > 9 * 3 * 16384 * 0.9 and _faults() < 0.25 * system
-    assert _faults(MALLOC_ARENA_MAX="2") > 0.9 * system  # a user's own malloc tuning: we leave malloc alone
+
+
+def test_malloc_left_alone_when_the_user_tunes_it(monkeypatch):
+    from snnconv_ext import _malloc
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert _malloc.apply() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setenv("SNNCONV_MALLOC", "system")
+    assert _malloc.apply() is False
