@@ -50,8 +50,9 @@ def _execute(path: str, timeout: int, threads: int):
         os.environ[var] = str(threads)            # the kernel inherits the worker's environment
     os.environ.setdefault("TQDM_DISABLE", "1")    # as book/_ext/offline_book.py sets for the build's kernels
     nb = nbformat.read(path, as_version=4)
-    timeout = nb.metadata.get("execution", {}).get("timeout", timeout)   # a chapter's own setting wins
-    client = NotebookClient(nb, timeout=timeout, allow_errors=False, record_timing=True,
+    own = nb.metadata.get("execution", {})       # a chapter's own settings win, as in myst-nb / jupyter-cache
+    client = NotebookClient(nb, timeout=own.get("timeout", timeout), allow_errors=own.get("allow_errors", False),
+                            record_timing=True,
                             resources={"metadata": {"path": str(Path(path).parent)}})
     client.comm_open_handlers = {"jupyter.widget": lambda msg: None}   # no Output-widget front end (see above)
     error, t0 = None, time.perf_counter()

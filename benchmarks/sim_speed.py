@@ -23,7 +23,7 @@ from snnconv_ext.graph import SeqModule
 def with_fast_pooling(ann: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``ann`` whose 2x2 average poolings run as the converted network runs them."""
     ann = copy.deepcopy(ann)
-    for name, m in list(ann.named_modules()):
+    for m in list(ann.modules()):
         for child, sub in list(m.named_children()):
             if type(sub) is torch.nn.AvgPool2d:
                 setattr(m, child, SeqModule(sub, step_mode="s"))

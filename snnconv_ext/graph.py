@@ -373,7 +373,7 @@ class SeqModule(nn.Module):
 
 def _is_pool_2x2(m: nn.AvgPool2d) -> bool:
     two = lambda v: v in (2, (2, 2))  # noqa: E731
-    return (two(m.kernel_size) and (m.stride is None or two(m.stride) or m.stride == [])
+    return (two(m.kernel_size) and (two(m.stride) or m.stride == [])  # nn.AvgPool2d stores stride=None as k
             and m.padding in (0, (0, 0)) and not m.ceil_mode and m.divisor_override is None)
 
 

@@ -263,8 +263,7 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
         st = NeuronState(state.v.clone(), None if state.m is None else state.m.clone())
         out = torch.empty(x_seq.shape, dtype=st.v.dtype, device=st.v.device)
         points = _points(p)
-        r = _ratio(p) if p.memory and p.theta_neg is not None else 1.0
-        gate = not (isinstance(r, float) and r == 1.0)  # SNM's gate needs scratch only for unequal spike values
+        gate = p.memory and p.theta_neg is not None and not _is_one(_ratio(p))  # scratch only for unequal values
         work = [torch.empty_like(st.v), torch.empty_like(st.v) if gate else None] if p.theta_neg is not None else None
         for t in range(x_seq.shape[0]):
             step_(x_seq[t], st, p, out=out[t], points=points, work=work)
