@@ -253,6 +253,25 @@ def step(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opti
     return pos - neg, NeuronState(h - rp * p.theta + rn * p.theta_neg, m)
 
 
+BLOCK = 1 << 20  # neurons advanced through a whole window at a time: the state stays in cache across steps
+
+
+def _block_rows(x_seq: torch.Tensor, p: NeuronParams) -> Optional[int]:
+    """Batch rows per block for the in-place loop (None: one block). Blocking over the batch keeps each
+    block's membrane and scratch in cache for all T steps instead of streaming them from memory T times;
+    parameters must broadcast over the batch (no batch dimension of their own) and the state be per sample."""
+    if x_seq.dim() < 3 or x_seq.shape[1] < 2 or not x_seq.is_contiguous() or x_seq.device.type != "cpu":
+        return None
+    per = x_seq[0, 0].numel()
+    rows = max(1, BLOCK // max(per, 1))
+    if rows >= x_seq.shape[1]:
+        return None
+    for q in (p.theta, p.theta_neg, p.leak, p.amplitude, p.amplitude_neg):
+        if isinstance(q, torch.Tensor) and q.dim() >= x_seq.dim() - 1 and q.shape[-(x_seq.dim() - 1)] != 1:
+            return None  # a parameter with a batch dimension of its own
+    return rows
+
+
 def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Optional[Surrogate] = None,
         detach_reset: bool = False) -> tuple:
     """Run ``x_seq`` ``[T, ...]`` through the neuron; returns ``(spikes [T, ...], final state)``.
@@ -265,8 +284,13 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
         points = _points(p)
         gate = p.memory and p.theta_neg is not None and not _is_one(_ratio(p))  # scratch only for unequal values
         work = [torch.empty_like(st.v), torch.empty_like(st.v) if gate else None] if p.theta_neg is not None else None
-        for t in range(x_seq.shape[0]):
-            step_(x_seq[t], st, p, out=out[t], points=points, work=work)
+        rows = _block_rows(x_seq, p)
+        for a in range(0, max(1, x_seq.shape[1] if x_seq.dim() > 1 else 1), rows or 1 << 62):
+            sub = st if rows is None else NeuronState(st.v[a:a + rows], None if st.m is None else st.m[a:a + rows])
+            w = work if rows is None or work is None else [None if u is None else u[a:a + rows] for u in work]
+            for t in range(x_seq.shape[0]):
+                step_(x_seq[t] if rows is None else x_seq[t, a:a + rows], sub, p,
+                      out=out[t] if rows is None else out[t, a:a + rows], points=points, work=w)
         return out, st
     spikes = []
     for t in range(x_seq.shape[0]):

@@ -217,3 +217,40 @@ def test_step_forward_equals_fast_path_and_gradient_matches_finite_differences(s
     fd = torch.stack([(total(kn["theta"] + eps * e, _smooth) - total(kn["theta"] - eps * e, _smooth)) / (2 * eps)
                       for e in torch.eye(7, dtype=torch.float64)])
     torch.testing.assert_close(g_smooth, fd, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("knobs", [dict(theta="per", fire_at=0.5), dict(theta="per", fire_at=0.5, theta_neg="per"),
+                                   dict(theta="per", fire_at=0.5, theta_neg="per", memory=True),
+                                   dict(theta=1.0, theta_neg=0.7, memory=True, leak="per")])
+def test_blocked_in_place_loop_equals_the_functional_step(monkeypatch, knobs):
+    """The in-place loop advances the batch in blocks of rows (cache blocking); spikes and final state must equal
+    the functional :func:`step`'s, stepped over the whole batch, including a short last block."""
+    import snnconv_ext.neuron as neuron
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 7, 3, 4, 5, generator=g)
+    per = lambda: torch.rand(3, 4, 5, generator=g) + 0.5  # noqa: E731
+    kw = {k: (per() if v == "per" else v) for k, v in knobs.items()}
+    if kw.get("leak") is not None and isinstance(kw["leak"], torch.Tensor):
+        kw["leak"] = kw["leak"].clamp(max=1.0)
+    if kw.get("theta_neg") is not None and knobs.get("theta_neg") == "per":
+        kw["theta_neg"] = kw["theta"]
+    p = NeuronParams(**kw).to(x[0])
+    monkeypatch.setattr(neuron, "BLOCK", 2 * 60)  # two rows per block: 7 rows -> 2, 2, 2, 1
+    assert neuron._block_rows(x, p) == 2
+    s, st = neuron.run(x, init_state(x[0], p), p)
+    ref_state, ref = init_state(x[0], p), []
+    for t in range(x.shape[0]):
+        o, ref_state = step(x[t], ref_state, p)
+        ref.append(o)
+    assert torch.equal(s, torch.stack(ref))
+    assert torch.allclose(st.v, ref_state.v, atol=1e-5)
+    if p.memory:
+        assert torch.allclose(st.m, ref_state.m, atol=1e-6)
+
+
+def test_parameters_with_a_batch_dimension_are_not_blocked(monkeypatch):
+    import snnconv_ext.neuron as neuron
+    monkeypatch.setattr(neuron, "BLOCK", 4)
+    x = torch.randn(3, 6, 4)
+    assert neuron._block_rows(x, NeuronParams(theta=torch.rand(6, 4) + 0.5).to(x[0])) is None
+    assert neuron._block_rows(x, NeuronParams(theta=torch.rand(4) + 0.5).to(x[0])) == 1
