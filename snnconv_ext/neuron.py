@@ -205,9 +205,10 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
     neg, gate = work if work is not None else (torch.empty_like(v), torch.empty_like(v))
     torch.le(v, neg_at, out=neg)  # negative spike at v <= -fire_at*theta_neg, the same fire point
     r = _ratio(p) if p.memory else None
+    unit = p.memory and _is_one(r)  # equal spike values: m is an integer count
     if p.memory:  # SNM (DNISNM Eq. 21): only while the net value stays >= 0 after the spike; a positive
         # spike this step excludes a negative one, so the gate uses m(t-1)
-        if isinstance(r, float) and r == 1.0:
+        if unit:
             torch.minimum(neg, state.m, out=neg)  # integer counts m >= 0, neg in {0, 1}: min(neg, m) = neg*[m >= 1]
         else:
             torch.ge(state.m, r, out=gate)
@@ -219,7 +220,7 @@ def step_(x_t: torch.Tensor, state: NeuronState, p: NeuronParams, out: Optional[
         v.addcmul_(out.clamp(min=0), torch.as_tensor(p.theta, dtype=v.dtype, device=v.device), value=-1)
         v.addcmul_(out.clamp(max=0), torch.as_tensor(p.theta_neg, dtype=v.dtype, device=v.device), value=-1)
     if p.memory:  # Eq. 23: m += s (in units of a positive spike's value)
-        state.m.add_(out) if isinstance(r, float) and r == 1.0 else state.m.add_(torch.where(out < 0, out * r, out))
+        state.m.add_(out) if unit else state.m.add_(torch.where(out < 0, out * r, out))
     return out
 
 
