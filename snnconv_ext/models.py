@@ -25,7 +25,7 @@ ActFactory = Callable[[], nn.Module]
 # Activation names usable in build(); other modules (e.g. stReLU) register theirs here.
 ACTIVATIONS: dict[str, ActFactory] = {"relu": nn.ReLU}
 
-__all__ = ["ACTIVATIONS", "ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg_bn"]
+__all__ = ["ACTIVATIONS", "ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg", "vgg_bn"]
 
 
 def _valid_conv_pool_size(image_size: int, n_blocks: int, kernel: int, arch: str) -> int:
@@ -147,26 +147,34 @@ def net6(act: ActFactory = nn.ReLU, in_channels: int = 3, image_size: int = 32,
     return nn.Sequential(*layers)
 
 
-def vgg_bn(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
-           num_classes: int = 10, width: int = 32) -> nn.Sequential:
-    """Small VGG-style CNN with BN for 28x28 inputs (w-w-p-2w-2w-p-4w-4w-p-256-classes, 3x3 convs,
-    padding 1, average pooling): the BN network the calibration and DNISNM chapters convert."""
+def vgg(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+        width: int = 32, batch_norm: bool = False) -> nn.Sequential:
+    """Small VGG-style CNN for 28x28 inputs (w-w-p-2w-2w-p-4w-4w-p-256-classes, 3x3 convs, padding 1, average
+    pooling); without BN by default: the no-BN twin of :func:`vgg_bn` (calibration paper, Table 1c)."""
     side = image_size // 8  # three 2x2 average poolings, flooring: 28 -> 14 -> 7 -> 3
     if side < 1:
-        raise ValueError(f"vgg_bn: image_size={image_size} is too small for three 2x2 poolings")
+        raise ValueError(f"vgg: image_size={image_size} is too small for three 2x2 poolings")
     chans = [in_channels, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
     layers: list[nn.Module] = []
     for i in range(6):
-        layers += _conv_block(chans[i], chans[i + 1], act, batch_norm=True)
+        layers += _conv_block(chans[i], chans[i + 1], act, batch_norm=batch_norm)
         if i % 2 == 1:
             layers.append(nn.AvgPool2d(2))
-    layers += [nn.Flatten(), nn.Linear(4 * width * side * side, 256), nn.BatchNorm1d(256), act(),
-               nn.Linear(256, num_classes)]
+    layers += [nn.Flatten(), nn.Linear(4 * width * side * side, 256)]
+    layers += [nn.BatchNorm1d(256)] if batch_norm else []
+    layers += [act(), nn.Linear(256, num_classes)]
     return nn.Sequential(*layers)
 
 
+def vgg_bn(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int = 28,
+           num_classes: int = 10, width: int = 32) -> nn.Sequential:
+    """:func:`vgg` with BN after every conv and the hidden linear layer: the BN network the calibration and
+    DNISNM chapters convert."""
+    return vgg(act, in_channels, image_size, num_classes, width, batch_norm=True)
+
+
 ARCHS: dict[str, Callable[..., nn.Sequential]] = {
-    "net1": net1, "net2": net2, "net3": net3, "net4": net4, "net5": net5, "net6": net6, "vgg_bn": vgg_bn,
+    "net1": net1, "net2": net2, "net3": net3, "net4": net4, "net5": net5, "net6": net6, "vgg": vgg, "vgg_bn": vgg_bn,
 }
 
 

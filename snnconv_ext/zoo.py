@@ -92,6 +92,11 @@ ENTRIES: dict[str, Entry] = {
         augment="crop2+flip",
         description="Small VGG-style CNN with BN (0.59 M parameters) on Fashion-MNIST, ReLU.",
     ),
+    "fmnist-vgg": Entry(
+        dataset="fashion_mnist", arch="vgg", act="relu", epochs=6, lr=1e-3, batch_size=128,
+        augment="crop2+flip",
+        description="fmnist-vgg-bn without BN (calibration paper Table 1c: conversion of a net without vs with BN).",
+    ),
     # Datta & Beerel 2022 (Sec. IV-A): threshold ReLU clip(x, 0, mu) with trainable mu, no BN/bias, max pooling.
     "fmnist-net4-datta": Entry(
         dataset="fashion_mnist", arch="net4_datta", act="threshold_relu", epochs=10, lr=1e-3, batch_size=128,
