@@ -5,7 +5,9 @@ Conversion-friendly choices: average pooling (never max pooling), every activati
 nn.Module made by ``act()`` (so a converter can swap it for a spiking neuron), nn.Flatten before the
 fully connected part, bias=True everywhere.
 
-Paper topologies (checked against the MAC counts of its Table 5):
+Paper topologies (MACs per image checked against its Table 5 in tests/test_models.py: Net1-Net4 and Net6
+exactly, Net6 counting BN as one MAC per element; Net5 as listed here counts 615.92e6 against the paper's
+610.08e6, within 1% but not equal, see the test):
   Net1  1200-1200-10                                   (MNIST,   784 inputs)
   Net2  12c5-p2-64c5-p2-10                             (MNIST,   5x5 valid convs: 28-24-12-8-4)
   Net3  6400-10                                        (F-MNIST, one hidden layer of 6400 units)

@@ -82,6 +82,38 @@ def test_macs_match_paper_table5():
         assert macs / 1e6 == pytest.approx(ref, abs=0.01), arch
 
 
+def _macs(model: nn.Module, shape) -> int:
+    """Multiply-accumulates per image, counted from the shapes a forward pass produces: k*k*c_in per conv output,
+    in*out per linear layer, one per BatchNorm output element (y = a*x + b at inference)."""
+    total = []
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            total.append(out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, nn.Linear):
+            total.append(m.in_features * m.out_features)
+        elif isinstance(m, nn.BatchNorm2d):
+            total.append(out[0].numel())
+    for m in model.modules():
+        m.register_forward_hook(hook)
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    return sum(total)
+
+
+def test_macs_net6_and_net5_against_paper_table5():
+    """Net6 (VGG-16 with BN) matches Table 5's 313.48e6 when BN counts one MAC per output element (313.20e6
+    without). Net5 as Table 1 lists it does not match: 615.92e6 (616.38e6 counting BN) against the paper's
+    610.08e6, 0.96% more; the paper's figure would need a 2048-input classifier (one more 2x2 pooling), which
+    Table 1 does not show, so we keep Table 1's topology and check only that the two are within 1%."""
+    assert _macs(models.net6(), (3, 32, 32)) / 1e6 == pytest.approx(313.48, abs=0.01)
+    net5 = _macs(models.net5(), (3, 32, 32)) / 1e6
+    assert net5 == pytest.approx(610.08, rel=0.01) and net5 != pytest.approx(610.08, abs=1.0)
+    # the same counter reproduces the Net1-Net4 rows (padding-free, no BN) that the test above walks by hand
+    for arch, ref in {"net1": 2.39, "net2": 1.41, "net3": 5.08, "net4": 4.80}.items():
+        assert _macs(models.build(arch), (1, 28, 28)) / 1e6 == pytest.approx(ref, abs=0.01), arch
+
+
 def test_batch_norm_and_other_sizes():
     assert any(isinstance(m, nn.BatchNorm2d) for m in models.net6().modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in models.net5().modules())

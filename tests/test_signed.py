@@ -11,7 +11,7 @@ from snnconv_ext import graph
 from snnconv_ext.activations import AtLeakyReLU, StReLU, TReLU
 from snnconv_ext.evaluate import simulate_net
 from snnconv_ext.neuron import NeuronParams, simulate, value
-from spikingjelly.activation_based.neuron import TernaryIFNode
+from spikingjelly.activation_based.neuron import IFNode, TernaryIFNode
 
 from snnconv_spikingjelly import SnnconvNode
 from snnconv_snntorch import convert as to_snntorch
@@ -80,6 +80,25 @@ def test_signed_network_identical_in_spikingjelly_and_snntorch(strelu_net, calib
                                    to_snntorch(strelu_net, "strelu", calib, progress=False), x, 8)
     assert same == [True, True]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act, method", [(TReLU, "trelu"), (AtLeakyReLU, "atleakyrelu")])
+def test_trelu_and_atleakyrelu_convert_end_to_end(act, method, digits, calib):
+    # the paper's two comparison activations (Eqs. 21-22): trained, converted with their own method and simulated;
+    # tReLU neurons never fire negative, atLeakyReLU neurons do (negative threshold 1/alpha^2, worth 1/alpha)
+    net = _train(act, digits)
+    test = digits[1]
+    ann = sc.ann_accuracy(net, test)
+    snn = sc.convert(net, method, calib, progress=False)
+    nodes = [m for m in snn.modules() if isinstance(m, (SnnconvNode, TernaryIFNode, IFNode))]
+    assert len(nodes) == 2
+    neg = []
+    for n in nodes:
+        n.register_forward_hook(lambda m, i, o: neg.append(bool((o < 0).any())))
+    acc = sc.evaluate(snn, test, [2, 128], progress=False)
+    assert any(neg) == (method == "atleakyrelu")
+    assert acc[128] >= ann - 1.0, (method, ann, acc)   # about 450 test images: 1 pp is 4-5 images
+    assert acc[128] > acc[2], (method, acc)
 
 
 def test_snm_network_never_fires_negative_without_memory(trained_cnn, calib, digits):
