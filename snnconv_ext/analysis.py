@@ -78,7 +78,8 @@ class _Acc:
 def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int = 256, batch_size: int = 64,
                  chunk: int = 8, per_channel: bool = False) -> List[Dict]:
     """One row per spiking layer: ``rel_error``, ``quantization_error`` and ``deviation_error`` (mean absolute
-    values), ``input_var_median``/``input_var_max`` and, with ``per_channel``, ``rel_error_channels``.
+    values), ``input_var_median``/``input_var_max``, ``input_var_theta2_median`` (variance / theta^2) and, with
+    ``per_channel``, ``rel_error_channels``.
 
     ``ann`` is the source ANN (eval mode); ``snn`` its conversion; ``data`` yields images or (images, labels).
     """
@@ -126,7 +127,11 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
             s["vmax"] = max(s["vmax"], float(var.max()))
             flat = var.flatten()
             gen = torch.Generator().manual_seed(len(s["var"]))  # a reproducible subsample of the variances
-            s["var"].append(flat.cpu()[torch.randperm(flat.numel(), generator=gen)[:50000]])
+            pick = torch.randperm(flat.numel(), generator=gen)[:50000]
+            s["var"].append(flat.cpu()[pick])
+            if p is not None:  # the same variances in units of each neuron's theta^2 (layers comparable)
+                th2 = torch.as_tensor(p.theta, dtype=var.dtype, device=var.device).expand_as(var).pow(2)
+                s.setdefault("var_rel", []).append((var / th2).flatten().cpu()[pick])
             s["n"] += xa.numel()
         seen += x.shape[0]
         if seen >= max_images:
@@ -137,6 +142,8 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
         row = {"layer": t, "index": i, "rel_error": s["err"] / max(s["norm"], 1e-12),
                "quantization_error": s["eq"] / max(s["n"], 1), "deviation_error": s["ed"] / max(s["n"], 1),
                "input_var_median": float(torch.cat(s["var"]).median()), "input_var_max": s["vmax"]}
+        if "var_rel" in s:  # TTRBR Fig. 7 in units of theta^2: median over neurons of var / theta^2
+            row["input_var_theta2_median"] = float(torch.cat(s["var_rel"]).median())
         if per_channel:
             row["rel_error_channels"] = (s["cerr"] / s["cnorm"].clamp_min(1e-12)).tolist()
         rows.append(row)
