@@ -5,15 +5,17 @@ Conversion-friendly choices: average pooling (never max pooling), every activati
 nn.Module made by ``act()`` (so a converter can swap it for a spiking neuron), nn.Flatten before the
 fully connected part, bias=True everywhere.
 
-Paper topologies (MACs per image checked against its Table 5 in tests/test_models.py: Net1-Net4 and Net6
-exactly, Net6 counting BN as one MAC per element; Net5 as listed here counts 615.92e6 against the paper's
-610.08e6, within 1% but not equal, see the test):
+Paper topologies (MACs per image checked against its Table 5, see below)::
+
   Net1  1200-1200-10                                   (MNIST,   784 inputs)
   Net2  12c5-p2-64c5-p2-10                             (MNIST,   5x5 valid convs: 28-24-12-8-4)
   Net3  6400-10                                        (F-MNIST, one hidden layer of 6400 units)
   Net4  32c5-p2-64c5-p2-1024-10                        (F-MNIST, 5x5 valid convs: 28-24-12-8-4)
   Net5  128c3-128c3-p2-256c3-256c3-p2-512c3-512c3-p2-1024-10   (CIFAR10, padding 1)
   Net6  VGG-16, CIFAR style (13 3x3 convs with BN, 5 pools, one 512-10 classifier)
+
+tests/test_models.py checks Net1-Net4 and Net6 against Table 5 exactly (Net6 counting BN as one MAC per
+element); Net5 as listed here counts 615.92e6 against the paper's 610.08e6: within 1%, not equal.
 """
 
 from __future__ import annotations
