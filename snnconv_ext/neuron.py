@@ -267,7 +267,7 @@ def _block_rows(x_seq: torch.Tensor, p: NeuronParams) -> Optional[int]:
     rows = max(1, BLOCK // max(per, 1))
     if rows >= x_seq.shape[1]:
         return None
-    for q in (p.theta, p.theta_neg, p.leak, p.amplitude, p.amplitude_neg):
+    for q in (p.theta, p.theta_neg, p.leak):  # what the loop reads (amplitudes only value the spikes)
         if isinstance(q, torch.Tensor) and q.dim() >= x_seq.dim() - 1 and q.shape[-(x_seq.dim() - 1)] != 1:
             return None  # a parameter with a batch dimension of its own
     return rows
@@ -286,12 +286,12 @@ def run(x_seq: torch.Tensor, state: NeuronState, p: NeuronParams, surrogate: Opt
         gate = p.memory and p.theta_neg is not None and not _is_one(_ratio(p))  # scratch only for unequal values
         work = [torch.empty_like(st.v), torch.empty_like(st.v) if gate else None] if p.theta_neg is not None else None
         rows = _block_rows(x_seq, p)
-        for a in range(0, max(1, x_seq.shape[1] if x_seq.dim() > 1 else 1), rows or 1 << 62):
-            sub = st if rows is None else NeuronState(st.v[a:a + rows], None if st.m is None else st.m[a:a + rows])
-            w = work if rows is None or work is None else [None if u is None else u[a:a + rows] for u in work]
+        blocks = [()] if rows is None else [(slice(a, a + rows),) for a in range(0, x_seq.shape[1], rows)]
+        for b in blocks:  # () indexes the whole state (a view), a slice one block of batch rows
+            sub = NeuronState(st.v[b], None if st.m is None else st.m[b])
+            w = None if work is None else [None if u is None else u[b] for u in work]
             for t in range(x_seq.shape[0]):
-                step_(x_seq[t] if rows is None else x_seq[t, a:a + rows], sub, p,
-                      out=out[t] if rows is None else out[t, a:a + rows], points=points, work=w)
+                step_(x_seq[(t,) + b], sub, p, out=out[(t,) + b], points=points, work=w)
         return out, st
     spikes = []
     for t in range(x_seq.shape[0]):
