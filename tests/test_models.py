@@ -83,22 +83,17 @@ def test_macs_match_paper_table5():
 
 
 def _macs(model: nn.Module, shape) -> int:
-    """Multiply-accumulates per image, counted from the shapes a forward pass produces: k*k*c_in per conv output,
-    in*out per linear layer, one per BatchNorm output element (y = a*x + b at inference)."""
-    total = []
-
-    def hook(m, inp, out):
-        if isinstance(m, nn.Conv2d):
-            total.append(out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
-        elif isinstance(m, nn.Linear):
-            total.append(m.in_features * m.out_features)
-        elif isinstance(m, nn.BatchNorm2d):
-            total.append(out[0].numel())
-    for m in model.modules():
-        m.register_forward_hook(hook)
+    """Multiply-accumulates per image: the package's conv/linear count (``energy.ann_macs``) plus one per BatchNorm
+    output element (y = a*x + b at inference)."""
+    from snnconv_ext import energy
+    bn = []
+    hooks = [m.register_forward_hook(lambda m, i, out: bn.append(out[0].numel()))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
         model.eval()(torch.zeros(1, *shape))
-    return sum(total)
+    for h in hooks:
+        h.remove()
+    return sum(energy.ann_macs(model, shape).values()) + sum(bn)
 
 
 def test_macs_net6_and_net5_against_paper_table5():
@@ -109,7 +104,7 @@ def test_macs_net6_and_net5_against_paper_table5():
     assert _macs(models.net6(), (3, 32, 32)) / 1e6 == pytest.approx(313.48, abs=0.01)
     net5 = _macs(models.net5(), (3, 32, 32)) / 1e6
     assert net5 == pytest.approx(610.08, rel=0.01) and net5 != pytest.approx(610.08, abs=1.0)
-    # the same counter reproduces the Net1-Net4 rows (padding-free, no BN) that the test above walks by hand
+    # the package's counter reproduces the Net1-Net4 rows (padding-free, no BN) that the test above walks by hand
     for arch, ref in {"net1": 2.39, "net2": 1.41, "net3": 5.08, "net4": 4.80}.items():
         assert _macs(models.build(arch), (1, 28, 28)) / 1e6 == pytest.approx(ref, abs=0.01), arch
 
