@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = ["reset", "simulate_net", "evaluate", "ann_accuracy", "check_input", "as_loader"]
+__all__ = ["reset", "simulate_net", "evaluate", "hits", "ann_accuracy", "check_input", "as_loader"]
 
 
 def reset(net: nn.Module) -> None:
@@ -89,10 +89,8 @@ def _batches(data, device) -> Iterator:
         yield batch[0].to(device), batch[1].to(device)
 
 
-@torch.no_grad()
-def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
-             device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
-    """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
+def _timesteps(timesteps) -> List[int]:
+    """The distinct T of ``timesteps`` (an int or a list of positive ints), sorted; a clear error otherwise."""
     if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
         timesteps = [timesteps]
     if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, Iterable):
@@ -102,29 +100,53 @@ def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 1
         raise ValueError("timesteps is empty: give at least one number of time steps T >= 1")
     for t in timesteps:
         check_T(t, "timesteps")
-    ts = sorted(set(int(t) for t in timesteps))
+    return sorted(set(int(t) for t in timesteps))
+
+
+def _batch_hits(snn: nn.Module, data, ts: List[int], batch_size: int, chunk: int, device: Optional[torch.device],
+                progress: bool, desc: str) -> Iterator[torch.Tensor]:
+    """For every batch, ``[len(ts), B]`` bools: does the readout after ``ts[k]`` steps pick the label? One
+    simulation of ``max(ts)`` steps per batch; results stay on the device (no host sync per step)."""
     device = device or next((p.device for p in snn.parameters()), torch.device("cpu"))
     snn.eval()
-    correct = {t: 0 for t in ts}
-    total = 0
     loader = as_loader(data, batch_size)
     for x, y in tqdm(_batches(loader, device), desc=desc, disable=not progress, leave=False,
                      total=len(loader) if hasattr(loader, "__len__") else None):
-        # correct counts stay on the device; one host sync per batch, none per step
-        hits = torch.zeros(len(ts), dtype=torch.long, device=y.device)
+        ok = torch.zeros(len(ts), y.shape[0], dtype=torch.bool, device=y.device)
         t0 = 0
         for out in simulate_net(snn, x, ts[-1], chunk):
             rows = [k for k, t in enumerate(ts) if t0 < t <= t0 + out.shape[0]]
             if rows:
-                steps = out[[ts[k] - t0 - 1 for k in rows]]  # [len(rows), B, classes]
-                hits[rows] += (steps.argmax(-1) == y).sum(-1)
+                ok[rows] = out[[ts[k] - t0 - 1 for k in rows]].argmax(-1) == y   # [len(rows), B]
             t0 += out.shape[0]
-        for t, c in zip(ts, hits.tolist()):
-            correct[t] += c
-        total += y.shape[0]
+        yield ok
+
+
+@torch.no_grad()
+def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
+             device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
+    """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
+    ts = _timesteps(timesteps)
+    correct, total = None, 0
+    for ok in _batch_hits(snn, data, ts, batch_size, chunk, device, progress, desc):
+        correct = ok.sum(-1) if correct is None else correct + ok.sum(-1)   # stays on the device
+        total += ok.shape[1]
     if total == 0:
         raise ValueError("evaluation data is empty")
-    return {t: 100.0 * c / total for t, c in correct.items()}
+    return {t: 100.0 * c / total for t, c in zip(ts, correct.tolist())}
+
+
+@torch.no_grad()
+def hits(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
+         device: Optional[torch.device] = None, progress: bool = False) -> Dict[int, torch.Tensor]:
+    """Per T in ``timesteps``: one bool per image (on the CPU, in data order), whether the SNN is right after T steps.
+    ``evaluate``'s accuracy is their mean; per-image results give paired comparisons (``compare.paired_se``)."""
+    ts = _timesteps(timesteps)
+    per_batch = [ok.cpu() for ok in _batch_hits(snn, data, ts, batch_size, chunk, device, progress, "simulate")]
+    if not per_batch:
+        raise ValueError("evaluation data is empty")
+    ok = torch.cat(per_batch, dim=1)
+    return {t: ok[k] for k, t in enumerate(ts)}
 
 
 @torch.no_grad()

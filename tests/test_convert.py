@@ -174,3 +174,17 @@ def test_seq_pooling_fast_path_equals_avg_pool2d():
     pool.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     seq(s)
     assert seen == [torch.Size([6, 4, 3, 4])]
+
+
+def test_hits_are_per_image_results_of_one_simulation(trained_cnn, digits, calib):
+    # reference: a separate full-length simulation of each T, its last readout's argmax per image
+    from snnconv_ext.evaluate import hits, simulate_net
+    snn = sc.convert(trained_cnn, "max", calib, progress=False)
+    test = torch.utils.data.Subset(digits[1], range(150))
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    got = hits(snn, test, [2, 5], batch_size=64, chunk=3)
+    for t in (2, 5):
+        readout = list(simulate_net(snn, x, t, chunk=t))[-1][-1]      # accumulated readout after t steps
+        assert torch.equal(got[t], readout.argmax(-1) == y), t
+        assert 100 * got[t].float().mean().item() == pytest.approx(sc.evaluate(snn, test, [t], progress=False)[t])
