@@ -10,7 +10,7 @@ import platform
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Sequence
 
 import torch
 from torch import nn
@@ -288,6 +288,26 @@ def stage2_start(arch: str, init: str, train_ds: TensorDataset, batch_size: int 
     return model.eval()
 
 
+SGD_MOMENTUM = 0.9  # TTRBR App. D: stage II by SGD with momentum 0.9
+
+
+def cosine_lr(lr: float, steps: int) -> List[float]:
+    """The learning rate of each of ``steps`` batches under ``fit``'s schedule (cosine annealing to 0, stepped per
+    batch; ``CosineAnnealingLR``'s closed form)."""
+    return [lr * 0.5 * (1 + math.cos(math.pi * i / steps)) for i in range(steps)]
+
+
+def penalty_shrink(lr: float, alpha_decay: float, steps: int) -> float:
+    """Relative change of an alpha that only the L2 term ``alpha_decay * alpha^2`` moves, over ``steps`` batches of
+    ``fit``'s SGD stage II (momentum ``SGD_MOMENTUM``, ``cosine_lr``): the recursion run exactly on one scalar. The
+    regularizer's own share of how far stage II moves alpha; the loss moves it by the rest."""
+    a, buf = 1.0, 0.0
+    for eta in cosine_lr(lr, steps):
+        buf = SGD_MOMENTUM * buf + 2 * alpha_decay * a   # torch.optim.SGD, dampening 0
+        a -= eta * buf
+    return a - 1.0
+
+
 def fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float = 1e-3, batch_size: int = 128,
         augment: str = "none", seed: int = 0, optimizer: str = "adam", alpha_decay: float = 0.0,
         device: torch.device | str = "cpu", show: bool = True, desc: str = "train") -> float:
@@ -310,7 +330,7 @@ def fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float = 1e-3
         penalty = 0.0
     elif optimizer == "sgd":
         # TTRBR Sec. 4 / App. D: SGD with momentum 0.9, an L2 regularizer on alpha in the loss
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM)
         penalty = alpha_decay
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'")

@@ -4,6 +4,7 @@ Real zoo files are only read; every error case works on copies in tmp_path."""
 
 import argparse
 import json
+import math
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from snnconv_ext import models, train, zoo
+from snnconv_ext.activations import Clamp
 
 REQUIRED = {"file", "sha256", "arch", "dataset", "activation", "test_accuracy", "command", "seed",
             "epochs", "optimizer", "lr", "batch_size", "augmentation", "torch", "train_time_s"}
@@ -175,5 +177,32 @@ def test_stage_two_uses_sgd_with_the_alpha_penalty_in_the_loss(tmp_path):
     a0, a1 = torch.tensor(entry["alpha_init"]), torch.tensor(entry["alpha_final"])
     assert len(a0) == 2 and bool(((a0 - a1) / a0 > 0.05).all()), (a0, a1)  # the penalty pulls every alpha down
     model = zoo.load("digits-net1-clamp", root=tmp_path)
-    got = torch.tensor([float(m.alpha) for m in model.modules() if hasattr(m, "alpha")])
+    got = torch.tensor([float(m.alpha.detach()) for m in model.modules() if hasattr(m, "alpha")])
     assert torch.allclose(got, a1, atol=2e-3 * float(a1.max()))  # the stored weights carry the final alphas
+
+
+def test_stage_two_entries_start_from_zoo_checkpoints_and_record_their_alphas():
+    # TTRBR stage II and QCFS: every fine-tuned entry names a stage-I checkpoint that is in the zoo (so
+    # `snnconv train` can rebuild it), and the alphas its manifest records are the ones stored in its weights
+    manifest = zoo.read_manifest()
+    staged = {n: e for n, e in manifest.items() if e.get("init")}
+    assert {"fmnist-resnet20-clamp", "fmnist-resnet20-pre-clamp", "fmnist-resnet56-w8-clamp",
+            "fmnist-resnet56-w8-pre-clamp"} <= set(staged)
+    for name, entry in staged.items():
+        assert entry["init"] in manifest and zoo.path(entry["init"]).is_file(), (name, entry["init"])
+        if "alpha_final" in entry:
+            model = zoo.load(name)
+            got = [float(m.alpha.detach()) for m in model.modules() if isinstance(m, Clamp)]   # QCFS's lambda too
+            assert got == pytest.approx(entry["alpha_final"], rel=2e-3), name
+
+
+def test_penalty_shrink_is_what_stage_two_does_to_an_alpha_the_loss_cannot_reach():
+    # an alpha above every input gets no gradient from the loss (clamp's gradient reaches alpha only where
+    # x > alpha), so a real SGD stage II must move it by exactly the regularizer's recursion (train.penalty_shrink)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), Clamp(alpha=1e3), nn.Linear(8, 3))
+    ds = torch.utils.data.TensorDataset(torch.rand(200, 1, 4, 4), torch.randint(0, 3, (200,)))
+    train.fit(net, ds, epochs=2, lr=0.05, batch_size=32, optimizer="sgd", alpha_decay=0.02, show=False)
+    steps = 2 * math.ceil(200 / 32)
+    assert net[2].bound / 1e3 - 1 == pytest.approx(train.penalty_shrink(0.05, 0.02, steps), rel=1e-4)
+    assert train.penalty_shrink(0.05, 0.02, steps) < -0.05      # and the regularizer does move it
