@@ -154,13 +154,17 @@ def _relu_methods():
 @pytest.mark.parametrize("method", _relu_methods())
 def test_binary_spikes_equal_theta_scaled_form(method, trained_cnn, calib, digits):
     # issue 10, item 1: spikes between layers are 0/1 (-1/0/+1); values folded into weights give the same
-    # logits as spikes carrying theta, at every T in 1..64
+    # logits as spikes carrying theta, at every T in 1..64. In float64: the two forms round differently (the fold
+    # multiplies weights by theta_in / theta_out), and in float32 a membrane within rounding of its threshold
+    # flips one spike somewhere in 32 x 64 steps on some machines (seen once: 1 of 524 288 neuron-steps, second
+    # layer, max-channel); in float64 such a near-tie is about 1e9 times rarer, while a wrong fold still shows
     opts = {"iters": 10, "samples": 64} if registry.get(method).calibration else {}
     if registry.get(method).T is not None:
         opts["T"] = 4
-    recipe = _Recording(calib, method=method, progress=False, **opts)
-    snn = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(trained_cnn))
-    x = digits[1].tensors[0][:32]
+    calib64 = [(xb.double(), yb) for xb, yb in calib]
+    recipe = _Recording(calib64, method=method, progress=False, **opts)
+    snn = ann2snn.FXConverter(recipe=recipe).convert(copy.deepcopy(trained_cnn).double())
+    x = digits[1].tensors[0][:32].double()
     seen = []
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o)) for m in snn.modules()
              if isinstance(m, sj_neuron.BaseNode)]
