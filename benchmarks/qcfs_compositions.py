@@ -18,8 +18,8 @@ import torch
 
 import snnconv_ext as sc
 from snnconv_ext import data, zoo
-from snnconv_ext.evaluate import evaluate
-from snnconv_ext.methods import get as get_method
+from snnconv_ext.core.simulation import evaluate
+from snnconv_ext.conversion.registry import get as get_method
 
 
 # compositions measured here that did not win anything and so are not registered methods

@@ -15,9 +15,9 @@ import time
 import torch
 
 from snnconv_ext import convert, data, zoo
-from snnconv_ext.bench import sj_convert
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.graph import SeqModule
+from snnconv_ext.app.baselines import sj_convert
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.conversion.graph import SeqModule
 
 
 def with_fast_pooling(ann: torch.nn.Module) -> torch.nn.Module:

@@ -50,7 +50,7 @@ def run_both_backends(sj_net, st_net, x, T):
     """Simulate a SpikingJelly and an snnTorch conversion of one model for T steps; return both outputs
     ``[T, B, classes]`` and, per spiking layer, whether the two emitted identical spike trains."""
     import snntorch.utils
-    from snnconv_ext.evaluate import simulate_net
+    from snnconv_ext.core.simulation import simulate_net
     from snnconv_snntorch import Neuron
     from spikingjelly.activation_based.neuron import BaseNode
 

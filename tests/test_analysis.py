@@ -60,7 +60,7 @@ def _signed_if(z: torch.Tensor, T: int, theta_neg: float, value_neg: float) -> t
 def test_negative_spike_value_amplitude_neg():
     # atLeakyReLU (Han et al. 2023, Eq. 21) converts to a signed IF whose negative spikes are worth
     # amplitude_neg * theta_neg = alpha * 1/alpha^2 = 1/alpha, not theta_neg: the report must use that value.
-    from snnconv_ext.activations import AtLeakyReLU
+    from snnconv_ext.core.activations import AtLeakyReLU
     alpha, T = 0.5, 8
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 12), AtLeakyReLU(alpha), nn.Linear(12, 10), AtLeakyReLU(alpha),

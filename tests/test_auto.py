@@ -6,8 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snnconv_ext as sc
 from snnconv_ext import auto, data
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.methods import get as get_method
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.conversion.registry import get as get_method
 
 T = 2
 CANDIDATES = ["max", "percentile", "clipround", "dni", "mmse-channel"]

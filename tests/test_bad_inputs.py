@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 import snnconv_ext as sc
 from snnconv_ext import cli, data, graph, models, thresholds, train, zoo
-from snnconv_ext.activations import StReLU
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.neuron import simulate
+from snnconv_ext.core.activations import StReLU
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.core.neuron import simulate
 
 
 def mlp() -> nn.Module:

@@ -48,7 +48,7 @@ def test_bench_reports_inapplicable_methods(tmp_path, capsys):
 
 
 def test_method_options_parse():
-    from snnconv_ext.bench import parse_options
+    from snnconv_ext.app.bench import parse_options
     assert parse_options("samples=128, ridge=0.1,threshold=percentile") == {"samples": 128, "ridge": 0.1,
                                                                             "threshold": "percentile"}
     assert parse_options("") == {}

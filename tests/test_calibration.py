@@ -7,13 +7,13 @@ import torch.nn as nn
 
 import snnconv_ext as sc
 from snnconv_ext import calibrate as cal, graph, models
-from snnconv_ext.methods import get
-from snnconv_ext.neuron import NeuronParams, simulate
+from snnconv_ext.conversion.registry import get
+from snnconv_ext.core.neuron import NeuronParams, simulate
 
 
 def _prepared(model, method, calib):
     gm = graph.fold_bn(graph.trace(model))
-    params = graph.calibrate_thresholds(gm, method, calib, progress=False)
+    params = cal.calibrate_thresholds(gm, method, calib, progress=False)
     x, y = cal.collect(calib, 256, torch.device("cpu"))
     return gm, params, x, y
 
@@ -85,7 +85,7 @@ def test_potential_calibration_sets_v0_per_neuron(trained_cnn, calib):
 
 def _logit_error(snn, net, x, T):
     """Relative squared error of the SNN's T-step mean readout against the ANN's logits on ``x``."""
-    from snnconv_ext.evaluate import reset
+    from snnconv_ext.core.simulation import reset
     with torch.no_grad():
         reset(snn)
         out = snn(x.unsqueeze(0).expand(T, *x.shape)).mean(0)
@@ -157,7 +157,7 @@ def test_calibrating_a_shared_driver_changes_only_its_activation(digits):
     net = models.resnet20_pre(image_size=8).eval()
     gm = graph.fold_bn(graph.trace(net))
     x = digits[0].tensors[0][:64]
-    params = graph.calibrate_thresholds(gm, get("lcp", T=4), [x], progress=False)
+    params = cal.calibrate_thresholds(gm, get("lcp", T=4), [x], progress=False)
     ref = copy.deepcopy(gm)
     shared = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target in params
               and len(n.args[0].users) > 1]
@@ -234,7 +234,7 @@ def test_readout_fit_lowers_the_held_out_logit_error(trained_cnn, calib, digits)
     with pytest.raises(graph.ConversionError, match="nn.Linear"):
         net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()).eval()
         g2 = graph.fold_bn(graph.trace(net))
-        p2 = graph.calibrate_thresholds(g2, get("max"), [torch.rand(4, 1, 8, 8)], progress=False)
+        p2 = cal.calibrate_thresholds(g2, get("max"), [torch.rand(4, 1, 8, 8)], progress=False)
         cal.calibrate_layers(g2, p2, torch.rand(4, 1, 8, 8), 2, ("readout",))
 
 
@@ -275,7 +275,7 @@ def test_copied_drivers_survive_spike_folding(digits):
     # folding spike values into them gives the binary-spike network the same logits as the theta-scaled form
     from spikingjelly.activation_based import ann2snn
     from snnconv_spikingjelly import SnnconvRecipe
-    from snnconv_ext.evaluate import simulate_net
+    from snnconv_ext.core.simulation import simulate_net
 
     class Recording(SnnconvRecipe):
         def replace(self, converter, fx_model):

@@ -7,14 +7,13 @@ import torch.nn.functional as F
 
 import snnconv_ext as sc
 from snnconv_ext import graph, thresholds
-from snnconv_ext.evaluate import simulate_net
+from snnconv_ext.core.simulation import simulate_net
 
 
 def test_methods_registry():
     names = sc.methods()
     assert {"max", "percentile", "max-channel", "percentile-channel"} <= set(names)
-    m = sc.methods.__module__  # noqa: F841  (the function lives in snnconv_ext.methods)
-    from snnconv_ext.methods import get
+    from snnconv_ext.conversion.registry import get
     assert get("percentile", p=99.99).threshold_options["p"] == 99.99
     with pytest.raises(KeyError, match="unknown method"):
         get("nope")
@@ -178,7 +177,7 @@ def test_seq_pooling_fast_path_equals_avg_pool2d():
 
 def test_hits_are_per_image_results_of_one_simulation(trained_cnn, digits, calib):
     # reference: a separate full-length simulation of each T, its last readout's argmax per image
-    from snnconv_ext.evaluate import hits, simulate_net
+    from snnconv_ext.core.simulation import hits, simulate_net
     snn = sc.convert(trained_cnn, "max", calib, progress=False)
     test = torch.utils.data.Subset(digits[1], range(150))
     x = torch.stack([test[i][0] for i in range(len(test))])

@@ -8,10 +8,10 @@ import torch.nn as nn
 
 import snnconv_ext as sc
 from snnconv_ext import datta
-from snnconv_ext.activations import ThresholdReLU
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.graph import ConversionError
-from snnconv_ext.neuron import simulate
+from snnconv_ext.core.activations import ThresholdReLU
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.conversion.graph import ConversionError
+from snnconv_ext.core.neuron import simulate
 
 
 def test_compute_loss_hand_worked():
@@ -156,7 +156,7 @@ def test_maxpool_refusals():
 
 
 def test_datta_refusals():
-    from snnconv_ext.activations import StReLU
+    from snnconv_ext.core.activations import StReLU
     net = nn.Sequential(nn.Linear(4, 4), StReLU(), nn.Linear(4, 2)).eval()
     with pytest.raises(ConversionError, match="StReLU"):
         sc.convert(net, "datta", _calib((4,)), progress=False)

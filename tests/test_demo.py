@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from snnconv_ext import bench, cli, demo
+from snnconv_ext import baselines, bench, cli, demo
 
 
 def _row(model, method, T, acc, relu_ann=None, energy=1.0):
@@ -83,10 +83,10 @@ def test_missing_checkpoint_is_skipped_with_a_log_line(tmp_path, monkeypatch):
 
 def test_demo_plan_names_zoo_models_and_methods():
     from snnconv_ext import zoo
-    from snnconv_ext.methods import methods
+    from snnconv_ext.conversion.registry import methods
     for p in demo.PLAN:
         assert p.model in zoo.ENTRIES
-        assert set(p.methods) <= set(methods()) | set(bench.SJ_RECIPES)
+        assert set(p.methods) <= set(methods()) | set(baselines.SJ_RECIPES)
     assert {m for p in demo.PLAN for m in p.methods} >= set(demo.SJ_ROWS)
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import snnconv_ext as sc
 from snnconv_ext import data
-from snnconv_ext.evaluate import simulate_net
+from snnconv_ext.core.simulation import simulate_net
 
 from conftest import small_cnn
 
@@ -104,7 +104,7 @@ def _fmnist_ready() -> bool:
 @pytest.mark.skipif(not _fmnist_ready(), reason="needs Fashion-MNIST and the zoo's fmnist-net4")
 def test_two_bench_runs_give_byte_identical_csv(tmp_path):
     # two separate processes (different hash seeds, run at once) with the same settings and seed
-    argv = [sys.executable, "-m", "snnconv_ext.cli", "bench", "--model", "fmnist-net4", "--methods", "max,snm",
+    argv = [sys.executable, "-m", "snnconv_ext.app.cli", "bench", "--model", "fmnist-net4", "--methods", "max,snm",
             "--timesteps", "1,3", "--n-test", "64", "--n-calib", "32", "--no-progress"]
     procs = []
     for i in (1, 2):

@@ -6,8 +6,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from snnconv_ext import energy
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.graph import SeqModule
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.conversion.graph import SeqModule
 
 
 def _if():
@@ -106,7 +106,7 @@ def test_constants_reproduce_strelu_table5():
 def test_zoo_net4_macs_match_strelu_table5():
     # stReLU's Net4 (its Fashion-MNIST CNN, our zoo fmnist-net4): OP_ANN = 4.80e6, Energy_ANN = 22.06e6 pJ
     from snnconv_ext import zoo
-    from snnconv_ext.convert import convert
+    from snnconv_ext import convert
     ann = zoo.load("fmnist-net4")
     snn = convert(ann, "max", [torch.rand(8, 1, 28, 28)], progress=False)
     macs = energy.ann_macs(snn, (1, 28, 28))
@@ -147,7 +147,7 @@ def test_synops_equal_spikingjelly_synopcounter_hand_net():
 
 def test_synops_equal_spikingjelly_synopcounter_converted(calib):
     """On our converted network (no pooling between layers, so every conv / linear input is spikes)."""
-    from snnconv_ext.convert import convert
+    from snnconv_ext import convert
     torch.manual_seed(0)
     ann = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
                         nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
@@ -175,7 +175,7 @@ def test_meter_refuses_sequences_of_other_lengths():
 @pytest.mark.cuda
 def test_counts_on_cuda_equal_cpu(calib):
     """The same converted network simulated on CUDA gives the CPU's accuracy, spikes and synaptic ops."""
-    from snnconv_ext.convert import convert
+    from snnconv_ext import convert
     torch.manual_seed(0)
     ann = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                         nn.Linear(6 * 4 * 4, 10)).eval()

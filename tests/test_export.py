@@ -8,9 +8,9 @@ import torch.nn as nn
 
 nir = pytest.importorskip("nir")
 
-from snnconv_ext.convert import convert  # noqa: E402
-from snnconv_ext.evaluate import simulate_net  # noqa: E402
-from snnconv_ext.export import ExportError, to_nir  # noqa: E402
+from snnconv_ext import convert  # noqa: E402
+from snnconv_ext.core.simulation import simulate_net  # noqa: E402
+from snnconv_ext.study.export import ExportError, to_nir  # noqa: E402
 
 
 def _one_layer_net():
@@ -109,7 +109,7 @@ def test_snntorch_leaky_differs_at_threshold_and_after_saturation():
     v -= 1. snnTorch's Leaky (reset_delay=False) fires if v > 1 and, while the potential left by a reset is
     still >= 1, subtracts it again before deciding, so it skips spikes."""
     import snntorch as snn
-    from snnconv_ext.neuron import simulate
+    from snnconv_ext.core.neuron import simulate
 
     def leaky(xs):
         m = snn.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, reset_delay=False)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import snnconv_ext as sc
 import importlib
 
-ft = importlib.import_module("snnconv_ext.finetune")  # the module (sc.finetune is the function)
+ft = importlib.import_module("snnconv_ext.conversion.training")  # the module (sc.finetune is the function)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_finetune_worker import tiny_problem  # noqa: E402
@@ -66,11 +66,11 @@ def test_refuses_untrainable_layers():
     from spikingjelly.activation_based import neuron as sj_neuron
     net, x, y = tiny_problem(32)
     snn = sc.convert(net, "max", [x], progress=False)
-    name = next(iter(ft.spiking_nodes(snn)))
-    ft._set(snn, name, sj_neuron.LIFNode(step_mode="m"))
+    name = next(iter(sc.nodes.spiking_modules(snn)))
+    sc.graph.set_module(snn, name, sj_neuron.LIFNode(step_mode="m"))
     with pytest.raises(ft.FinetuneError, match=name):
         sc.finetune(snn, (x, y), T=2, epochs=1, progress=False)
-    with pytest.raises(ft.FinetuneError, match="no SpikingJelly spiking nodes"):
+    with pytest.raises(ft.FinetuneError, match="no spiking nodes to fine-tune"):
         sc.finetune(net, (x, y), T=2, epochs=1, progress=False)
 
 
@@ -96,7 +96,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 
 def test_cli_has_finetune(capsys):
-    from snnconv_ext.cli import main
+    from snnconv_ext.app.cli import main
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--help"])
     assert e.value.code == 0 and "--max-minutes" in capsys.readouterr().out

@@ -7,13 +7,13 @@ import textwrap
 
 import torch
 
-from snnconv_ext.neuron import NeuronParams, init_state, run
+from snnconv_ext.core.neuron import NeuronParams, init_state, run
 
 # Peak-RSS increments of simulating T steps, measured in a fresh process (ru_maxrss is a process-wide peak).
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, torch, torch.nn as nn
     import snnconv_ext as sc
-    from snnconv_ext.evaluate import simulate_net
+    from snnconv_ext.core.simulation import simulate_net
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 10)).eval()

@@ -5,9 +5,9 @@ import torch
 
 import snnconv_ext as sc
 from snnconv_ext import thresholds
-from snnconv_ext.calibrate import ann_activations
-from snnconv_ext.methods import get
-from snnconv_ext.neuron import simulate
+from snnconv_ext.conversion.calibrate import ann_activations
+from snnconv_ext.conversion.registry import get
+from snnconv_ext.core.neuron import simulate
 
 
 @pytest.mark.parametrize("T", [1, 3, 8, 32])
@@ -76,8 +76,8 @@ def test_mmse_threshold_beats_max_with_the_same_neuron(trained_cnn, calib, T):
     # MSE between ReLU and its ClipRound output at the chosen thresholds on the calibration data
     from snnconv_ext import graph
     gm = graph.fold_bn(graph.trace(trained_cnn))
-    p_max = graph.calibrate_thresholds(gm, get("clipround"), calib, progress=False)
-    p_mmse = graph.calibrate_thresholds(gm, get("mmse", T=T), calib, progress=False)
+    p_max = sc.calibrate.calibrate_thresholds(gm, get("clipround"), calib, progress=False)
+    p_mmse = sc.calibrate.calibrate_thresholds(gm, get("mmse", T=T), calib, progress=False)
     x = torch.cat([b[0] for b in calib])
     acts, _ = ann_activations(gm, list(p_max), x)
     for t, a in acts.items():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import snnconv_ext as sc
 from snnconv_ext import models
 
 
@@ -49,7 +50,7 @@ def test_default_relu_and_registry():
                                                                   "resnet56_w8_pre", "net4_datta", "vgg_datta"}
     model = models.build("net4")
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
-    assert models.ACTIVATIONS["relu"] is nn.ReLU
+    assert sc.activations.BY_NAME["relu"] is nn.ReLU
     with pytest.raises(ValueError, match="unknown arch"):
         models.build("net7")
     with pytest.raises(ValueError, match="unknown activation"):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from snnconv_ext.neuron import NeuronParams, init_state, simulate, step, step_, value
+from snnconv_ext.core.neuron import NeuronParams, init_state, simulate, step, step_, value
 
 
 def seq(*v):
@@ -58,7 +58,7 @@ def test_dnisnm_fig3_asynchronism():
 def test_fig3_under_the_dni_snm_configuration():
     # the exact neuron `dni+snm` builds (methods.get): signed, memory, firing at +-theta/2 (issue 12, item 1).
     # With the old v0 = theta/2 start and -theta negative threshold, this input gave net 3.
-    from snnconv_ext.methods import get
+    from snnconv_ext.conversion.registry import get
     m = get("dni+snm")
     knobs = dict(theta=1.0, theta_neg=1.0, memory=m.memory, fire_at=m.fire_at, v0=0.5 if m.v0 == "half" else 0.0)
     out = simulate(seq(3.0, 2.0, -1.0, -1.0, -1.0), **knobs)
@@ -104,7 +104,7 @@ def test_charge_conservation(knobs):
     out = simulate(x, **knobs)
     v0 = knobs.get("v0", 0.0)
     # replay to get final v
-    from snnconv_ext.neuron import init_state, step_
+    from snnconv_ext.core.neuron import init_state, step_
     p = NeuronParams(**{k: v for k, v in knobs.items()}).to(x[0])
     st = init_state(x[0], p)
     for t in range(x.shape[0]):
@@ -225,7 +225,7 @@ def test_step_forward_equals_fast_path_and_gradient_matches_finite_differences(s
 def test_blocked_in_place_loop_equals_the_functional_step(monkeypatch, knobs):
     """The in-place loop advances the batch in blocks of rows (cache blocking); spikes and final state must equal
     the functional :func:`step`'s, stepped over the whole batch, including a short last block."""
-    import snnconv_ext.neuron as neuron
+    import snnconv_ext.core.neuron as neuron
     g = torch.Generator().manual_seed(3)
     x = torch.randn(9, 7, 3, 4, 5, generator=g)
     per = lambda: torch.rand(3, 4, 5, generator=g) + 0.5  # noqa: E731
@@ -249,7 +249,7 @@ def test_blocked_in_place_loop_equals_the_functional_step(monkeypatch, knobs):
 
 
 def test_parameters_with_a_batch_dimension_are_not_blocked(monkeypatch):
-    import snnconv_ext.neuron as neuron
+    import snnconv_ext.core.neuron as neuron
     monkeypatch.setattr(neuron, "BLOCK", 4)
     x = torch.randn(3, 6, 4)
     assert neuron._block_rows(x, NeuronParams(theta=torch.rand(6, 4) + 0.5).to(x[0])) is None

@@ -10,13 +10,13 @@ from spikingjelly.activation_based import ann2snn, functional, neuron as sj_neur
 
 import snnconv_ext as sc
 from conftest import run_both_backends
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.neuron import NeuronParams, simulate
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.core.neuron import NeuronParams, simulate
 from snnconv_snntorch import Neuron as TorchNeuron, convert as to_snntorch
 from snnconv_spikingjelly import SnnconvNode, SnnconvRecipe, recipes, spikingjelly_node
 import importlib
 from snnconv_ext import calibrate as cal
-registry = importlib.import_module("snnconv_ext.methods")
+registry = importlib.import_module("snnconv_ext.conversion.registry")
 
 
 KNOBS = [dict(theta=0.75), dict(theta=0.75, fire_at=0.5), dict(theta=1.0, theta_neg=1.0),

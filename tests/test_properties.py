@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snnconv_ext import graph, thresholds
-from snnconv_ext.neuron import NeuronParams, init_state, run, simulate, start_potential
-from snnconv_ext.thresholds import clip_round
+from snnconv_ext.core.neuron import NeuronParams, init_state, run, simulate, start_potential
+from snnconv_ext.conversion.thresholds import clip_round
 
 PROPS = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow])

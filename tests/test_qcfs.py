@@ -8,8 +8,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import ann2snn, neuron as sj_neuron
 
 from snnconv_ext import neuron
-from snnconv_ext.activations import QCFS, qcfs_levels
-from snnconv_ext.evaluate import simulate_net
+from snnconv_ext.core.activations import QCFS, qcfs_levels
+from snnconv_ext.core.simulation import simulate_net
 from snnconv_spikingjelly import QCFSRecipe, recipes
 
 # (x, lambda, L) -> output, worked by hand from (lam/L) * clip(floor(x*L/lam + 1/2), 0, L)
@@ -102,7 +102,7 @@ def _mlp():
 
 def test_init_levels_are_the_relu_inputs_percentile(digits):
     import numpy as np
-    from snnconv_ext.train import init_levels, swap_relus
+    from snnconv_ext.app.train import init_levels, swap_relus
 
     ann = _mlp().eval()
     x = digits[0].tensors[0][:300]
@@ -142,8 +142,8 @@ def test_qcfs_warm_start_fine_tunes_and_saves(digits, tmp_path):
 def test_bench_row_names_the_relu_ann_it_started_from():
     from torch.utils.data import TensorDataset
     from snnconv_ext import data, zoo
-    from snnconv_ext.bench import run_bench
-    from snnconv_ext.train import evaluate as ann_eval
+    from snnconv_ext.app.bench import run_bench
+    from snnconv_ext.app.train import evaluate as ann_eval
 
     log = []
     rows = run_bench("fmnist-net4-qcfs4", ["qcfs", "sj-best"], [4], n_test=200, n_calib=256, progress=False,

@@ -8,9 +8,9 @@ import torch.nn as nn
 import snnconv_ext as sc
 from conftest import run_both_backends
 from snnconv_ext import graph
-from snnconv_ext.activations import AtLeakyReLU, StReLU, TReLU
-from snnconv_ext.evaluate import simulate_net
-from snnconv_ext.neuron import NeuronParams, simulate, value
+from snnconv_ext.core.activations import AtLeakyReLU, StReLU, TReLU
+from snnconv_ext.core.simulation import simulate_net
+from snnconv_ext.core.neuron import NeuronParams, simulate, value
 from spikingjelly.activation_based.neuron import IFNode, TernaryIFNode
 
 from snnconv_spikingjelly import SnnconvNode

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from snnconv_ext.theory import (
+from snnconv_ext.study.theory import (
     first_passage_cdf,
     prob_max_exceeds,
     simulate_if_noisy,

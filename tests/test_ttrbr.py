@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import snnconv_ext as sc
 from snnconv_ext import graph, models
-from snnconv_ext.activations import Clamp
+from snnconv_ext.core.activations import Clamp
 
 
 def _bn(c, g):
@@ -154,7 +154,7 @@ def test_ttrbr_head_spikes_at_the_output(digits):
     assert kinds[-3:] == ["Flatten", "Linear", "Clamp"] and "BatchNorm1d" not in kinds  # BN folded into the FC
     calib = sc.data.loader(sc.data.subset(digits[0], 32, seed=0), batch_size=32)
     snn = sc.convert(net, "ttrbr-plain", calib, progress=False)
-    from snnconv_ext.evaluate import reset
+    from snnconv_ext.core.simulation import reset
     x = digits[1].tensors[0][:16]
     reset(snn)
     with torch.no_grad():

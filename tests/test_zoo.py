@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from snnconv_ext import models, train, zoo
-from snnconv_ext.activations import Clamp
+from snnconv_ext.core.activations import Clamp
 
 REQUIRED = {"file", "sha256", "arch", "dataset", "activation", "test_accuracy", "command", "seed",
             "epochs", "optimizer", "lr", "batch_size", "augmentation", "torch", "train_time_s"}

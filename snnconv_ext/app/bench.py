@@ -10,7 +10,6 @@ Beside accuracy every row reports spikes, synaptic operations and energy per ima
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import time
 from pathlib import Path
@@ -19,36 +18,19 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import data as data_mod
-from .auto import OPTIONS as AUTO_OPTIONS
-from .evaluate import ann_accuracy, evaluate
-from .methods import get as get_method, methods as method_names
+from ..assets import data as data_mod
+from ..assets import zoo
+from ..conversion.auto import OPTIONS as AUTO_OPTIONS, applies_to, convert
+from ..conversion.registry import get as get_method, methods as method_names
+from ..core.activations import ACTIVATIONS
+from ..core.simulation import ann_accuracy, evaluate
+from ..study.energy import SpikeMeter, constants
+from .baselines import SJ_BATCH, SJ_RECIPES, sj_convert
 
-__all__ = ["SJ_RECIPES", "sj_convert", "run_bench", "add_arguments", "run", "format_table"]
+__all__ = ["run_bench", "add_arguments", "run", "format_table", "write_outputs", "parse_options", "FIELDS"]
 
-# SpikingJelly's own recipes, as its examples configure them.
-SJ_RECIPES: Dict[str, Dict] = {
-    "sj-max": {"mode": "Max"},
-    "sj-99.9": {"mode": "99.9%"},
-    "sj-best": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
-    "sj-ltb": {"recipe": "LocalThresholdBalancingRecipe"},  # its defaults (channel-wise, half threshold)
-}
-SJ_BATCH = 64  # evaluation batch of SpikingJelly's recipes on CPU (fastest in our measurement)
 FIELDS = ["model", "method", "T", "accuracy", "ann_accuracy", "relu_ann", "relu_ann_accuracy", "spikes_per_image",
           "synops", "energy_uj", "ann_energy_uj"]
-
-
-def sj_convert(model: nn.Module, name: str, calib, device: Optional[torch.device] = None) -> nn.Module:
-    """Convert with SpikingJelly's recipe unchanged (``RateCodingRecipe``, or ``LocalThresholdBalancingRecipe``
-    for ``sj-ltb``); return it in multi-step mode (per-step readout, summed by :func:`snnconv_ext.evaluate`)."""
-    from spikingjelly.activation_based import ann2snn, functional
-
-    opts = dict(SJ_RECIPES[name])
-    cls = getattr(ann2snn, opts.pop("recipe", "RateCodingRecipe"))
-    recipe = cls(dataloader=calib, **opts)
-    net = ann2snn.FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(model))
-    functional.set_step_mode(net, "m")
-    return net
 
 
 def _test_set(dataset: str, n_test: Optional[int]):
@@ -66,10 +48,6 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
     (``spikingjelly`` or ``snntorch``); SpikingJelly's own recipes always run in SpikingJelly. ``table``: log the
     accuracy table at the end. Rows also carry ``convert_s``, the wall-clock seconds of the conversion that
     row was simulated with (not written to the CSV, which stays identical from run to run)."""
-    from . import zoo
-    from .convert import convert
-    from .energy import SpikeMeter, constants
-
     if model_name not in zoo.ENTRIES:
         raise KeyError(f"unknown zoo model {model_name!r}; available: {zoo.names()}")
     const = constants(energy_constants)
@@ -104,7 +82,7 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
         for ts in groups:
             t0 = time.perf_counter()
             if name in SJ_RECIPES:
-                snn = sj_convert(ann, name, calib, device=dev)
+                snn = sj_convert(ann, name, calib, device=dev, progress=progress)
             else:
                 extra = {"device": dev} if backend == "spikingjelly" else {}
                 snn = convert(ann, method=name, calib_data=calib, progress=False, backend=backend, **extra,
@@ -143,10 +121,7 @@ def run_bench(model_name: str, method_list: Sequence[str], timesteps: Sequence[i
 
 def _not_applicable(name: str, model: nn.Module) -> str:
     """Why ``name`` cannot convert ``model`` ('' if it can): SpikingJelly's recipes convert ReLU only; ours as
-    :func:`snnconv_ext.auto.applies_to` says."""
-    from .auto import applies_to
-    from .methods import ACTIVATIONS
-
+    :func:`snnconv_ext.conversion.auto.applies_to` says."""
     acts = {type(m) for m in model.modules() if type(m) in ACTIVATIONS}
     if name == "auto":  # picks among the applicable methods itself
         return ""

@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .neuron import NeuronParams, init_state, step_
+from ..core.neuron import NeuronParams, init_state, step_
 
 __all__ = [
     "BGK_BETA",

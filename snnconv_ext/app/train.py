@@ -17,25 +17,23 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from tqdm import tqdm
 
-from . import models, thresholds, zoo
-from .activations import Clamp
+from ..conversion import thresholds
+from ..core.activations import QCFS, Clamp
+from ..assets import data, models, zoo
 
 __all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "fit", "init_levels", "swap_relus", "qcfs",
            "DATASETS"]
 
 
 def _fashion_mnist(split: str, root: str | None) -> TensorDataset:
-    from . import data
     return data.fashion_mnist(split, root=root)
 
 
 def _digits(split: str, root: str | None) -> TensorDataset:
-    from . import data
     return data.digits(split)
 
 
 def _cifar10(split: str, root: str | None) -> TensorDataset:
-    from . import data
     return data.cifar10(root, split)
 
 
@@ -61,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the entry's architecture")
     parser.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                         help="override the entry's dataset")
-    parser.add_argument("--act", default=None, help="activation name (models.ACTIVATIONS)")
+    parser.add_argument("--act", default=None, help="activation name (activations.BY_NAME)")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: auto)")
     parser.add_argument("--out", default=None,
                         help=f"directory for <model>.pt and manifest.json (default: {zoo.ZOO_DIR})")
@@ -266,7 +264,6 @@ def qcfs(ann: nn.Module, levels: int, train_data: TensorDataset, epochs: int = 1
     with ``levels`` levels, each lambda at the 99.9th percentile of its ReLU input on the first ``init_images``
     training images, fine-tuned (Adam, cosine) for ``epochs``; saved to ``checkpoint`` if given. Convert the
     result with ``method="qcfs"``."""
-    from .activations import QCFS
 
     model = copy.deepcopy(ann).cpu()
     swap_relus(model, lambda: QCFS(levels=levels))

@@ -24,12 +24,11 @@ from typing import Callable
 
 from torch import nn
 
+from ..core.activations import BY_NAME
+
 ActFactory = Callable[[], nn.Module]
 
-# Activation names usable in build(); other modules (e.g. stReLU) register theirs here.
-ACTIVATIONS: dict[str, ActFactory] = {"relu": nn.ReLU}
-
-__all__ = ["ACTIVATIONS", "ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg", "vgg_bn"]
+__all__ = ["ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg", "vgg_bn"]
 
 
 def _valid_conv_pool_size(image_size: int, n_blocks: int, kernel: int, arch: str) -> int:
@@ -183,7 +182,7 @@ ARCHS: dict[str, Callable[..., nn.Sequential]] = {
 
 
 def build(arch: str, act: str | ActFactory = "relu", **kw) -> nn.Sequential:
-    """Build architecture ``arch`` (a key of ARCHS) with activation ``act`` (a key of ACTIVATIONS
+    """Build architecture ``arch`` (a key of ARCHS) with activation ``act`` (a key of ``activations.BY_NAME``
     or a zero-argument factory); ``kw`` goes to the net function (in_channels, image_size, ...)."""
     try:
         fn = ARCHS[arch]
@@ -191,9 +190,9 @@ def build(arch: str, act: str | ActFactory = "relu", **kw) -> nn.Sequential:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}") from None
     if isinstance(act, str):
         try:
-            act_factory = ACTIVATIONS[act]
+            act_factory = BY_NAME[act]
         except KeyError:
-            raise ValueError(f"unknown activation {act!r}; known: {sorted(ACTIVATIONS)}") from None
+            raise ValueError(f"unknown activation {act!r}; known: {sorted(BY_NAME)}") from None
     else:
         act_factory = act
     return fn(act=act_factory, **kw)

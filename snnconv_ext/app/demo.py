@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from .bench import SJ_RECIPES, run_bench, write_outputs
+from ..assets import data, zoo
+from ..conversion.registry import get
+from ..study.energy import ann_macs
+from .baselines import SJ_RECIPES
+from .bench import run_bench, write_outputs
 
 __all__ = ["Part", "PLAN", "TIMESTEPS", "SJ_ROWS", "missing", "run_demo", "best_rows", "margins", "format_demo",
            "write_figure", "add_arguments", "run"]
@@ -52,8 +56,6 @@ PLAN: Tuple[Part, ...] = (
 
 def missing(model: str) -> str:
     """Why zoo ``model`` cannot be loaded yet ('' if its checkpoint is there)."""
-    from . import zoo
-
     if model in zoo.read_manifest() and zoo.path(model).is_file():
         return ""
     return f"checkpoint not in the zoo yet; create it with: {zoo.train_command(model)}"
@@ -75,8 +77,6 @@ def _bench_one(model: str, method: str, timesteps: Sequence[int], n_test: Option
 def _cost(part: Part, method: str, timesteps: Sequence[int], macs: float) -> float:
     """A rough relative cost of one (model, method) bench, to start the longest first (only the order uses it):
     the ANN's MACs times the image-steps simulated, with a tuned method's per-T calibration on 1024 images."""
-    from .methods import get
-
     tuned = method not in SJ_RECIPES and get(method).T is not None
     steps = sum(timesteps) if tuned else max(timesteps)
     work = (part.n_test or 10_000) * steps + (4 * 1024 * sum(timesteps) if tuned else 0)
@@ -85,9 +85,6 @@ def _cost(part: Part, method: str, timesteps: Sequence[int], macs: float) -> flo
 
 def _macs(model: str) -> float:
     """The ANN's MACs per image of zoo ``model``."""
-    from . import data, zoo
-    from .energy import ann_macs
-
     shape = tuple(getattr(data, zoo.ENTRIES[model].dataset)("test")[0][0].shape)
     return float(sum(ann_macs(zoo.load(model), shape).values()))
 
@@ -157,7 +154,6 @@ def _run_parallel(parts: Sequence[Part], timesteps: Sequence[int], n_calib: int,
 
 
 def _test_images(part: Part) -> str:
-    from . import data, zoo
 
     n = len(getattr(data, zoo.ENTRIES[part.model].dataset)("test"))
     return f"the first {part.n_test} of {n} test images" if part.n_test and part.n_test < n else f"all {n} test images"

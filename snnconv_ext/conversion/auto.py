@@ -1,4 +1,5 @@
-"""``method="auto"``: pick the registered method that converts a model best for a given T.
+"""The front door :func:`convert` (one named method, or ``method="auto"``) and ``auto`` itself: pick the registered
+method that converts a model best for a given T.
 
 The calibration images are split once, deterministically (seeded permutation), into a conversion part (thresholds,
 lambda search, calibration passes) and a held-out part used only to score each candidate by the SNN's accuracy at
@@ -8,7 +9,6 @@ No test data is involved: everything comes from ``calib_data``.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -18,11 +18,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from . import graph
-from .evaluate import as_loader, check_T, evaluate
-from .methods import ACTIVATIONS, Method, get as get_method, methods as method_names
+from ..core.activations import ACTIVATIONS
+from ..core.checks import ConversionError, as_loader, check_eval, check_T
+from ..core.nodes import spiking_modules
+from ..core.simulation import evaluate
+from .backends import convert_method, plugin
+from .calibrate import collect
+from .registry import Method, get as get_method, methods as method_names
 
-__all__ = ["convert_auto", "candidates", "applies_to", "cost_rank", "split", "ABLATIONS", "OPTIONS",
+__all__ = ["convert", "convert_auto", "candidates", "applies_to", "cost_rank", "split", "ABLATIONS", "OPTIONS",
            "format_report"]
 
 #: registry entries that reproduce a paper's ablation, not methods of their own: not tried unless asked for
@@ -92,8 +96,6 @@ def split(data: Iterable, heldout: Optional[Union[int, float]] = None, seed: int
     """All images (and labels, or None) of ``data`` plus a deterministic split of their indices:
     ``(x, y, conversion_idx, heldout_idx)``. ``heldout``: a count, a fraction in (0, 1), or None for
     min(512, 25%)."""
-    from .calibrate import collect
-
     x, y = collect(as_loader(data), sys.maxsize, torch.device("cpu"))
     n = x.shape[0]
     if heldout is None:
@@ -123,23 +125,16 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
     ``native=``). The budget is checked before each candidate starts; the first always runs, and a started one
     finishes. Without labels in ``calib_data`` the ANN's predictions are the held-out labels.
     """
-    from .convert import BACKENDS
-    from .energy import SpikeMeter
-
     if T is None:
         raise ValueError("method 'auto' picks the best method for a number of time steps: pass T=... (e.g. T=4)")
     check_T(T, "auto: T")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
+    plugin(backend)  # an unknown backend is refused before any work
     if calib_data is None:
         raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
     if not (isinstance(budget_s, (int, float)) and not isinstance(budget_s, bool) and budget_s >= 0):
         raise ValueError(f"auto: budget_s={budget_s!r} must be a number of seconds >= 0")
-    training = [f"{repr(n) if n else 'model'} ({type(m).__name__})" for n, m in model.named_modules() if m.training]
-    if training:  # the held-out labels may come from the ANN: a BN layer in training mode would update its stats
-        raise graph.ConversionError(f"{training[0]} is in training mode: call model.eval() before converting")
+    check_eval(model)  # the held-out labels may come from the ANN: a BN layer in training mode would update its stats
     names, not_applicable = _candidates(model, candidates)
-    plugin = importlib.import_module(BACKENDS[backend])
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     start = time.perf_counter()
 
@@ -162,15 +157,12 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
         t0 = time.perf_counter()
         tuned = {"T": int(T)} if get_method(name).T is not None else {}
         try:
-            snn = plugin.convert(model, method=name, calib_data=conv_data, progress=False, **extra, **tuned,
+            snn = convert_method(model, name, conv_data, backend=backend, progress=False, **extra, **tuned,
                                  **options).to(dev)
-        except graph.ConversionError as exc:
+        except ConversionError as exc:
             skipped.append({"method": name, "reason": f"conversion refused: {exc}"})
             continue
-        meter = SpikeMeter(snn, tuple(x.shape[1:]))
-        with meter:
-            acc = evaluate(snn, held, [int(T)], batch_size=128, device=dev, progress=False)[int(T)]
-        spikes = meter.report([int(T)], len(held))[int(T)].spikes_per_image
+        acc, spikes = _score(snn, held, int(T), dev)
         tried.append({"method": name, "heldout_accuracy": round(acc, 4), "spikes_per_image": round(spikes, 2),
                       "seconds": round(time.perf_counter() - t0, 2)})
         key = (-acc, spikes, cost_rank(name), len(tried))  # best accuracy, then fewer spikes, then cheaper/earlier
@@ -178,7 +170,7 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
             best, best_key, chosen = snn, key, name
         del snn
     if best is None:
-        raise graph.ConversionError(f"auto: no candidate could convert the model: {skipped}")
+        raise ConversionError(f"auto: no candidate could convert the model: {skipped}")
     report = {"T": int(T), "chosen": chosen, "tried": tried, "skipped": skipped,
               "not_applicable": not_applicable, "budget_s": float(budget_s),
               "seconds": round(time.perf_counter() - start, 2), "labels": labels,
@@ -190,6 +182,33 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
     if progress:
         log(format_report(report))
     return best
+
+
+def _score(snn: nn.Module, held: TensorDataset, T: int, device: torch.device) -> Tuple[float, float]:
+    """Held-out accuracy (%) at ``T`` and spikes per image (every nonzero node output), from one simulation."""
+    counts = []
+    hooks = [m.register_forward_hook(lambda m, i, o: counts.append(o.ne(0).sum(dtype=torch.float64)))
+             for m in spiking_modules(snn).values()]
+    try:
+        acc = evaluate(snn, held, [T], batch_size=128, device=device, progress=False)[T]
+    finally:
+        for h in hooks:
+            h.remove()
+    return acc, float(sum(counts)) / len(held)
+
+
+def convert(model: nn.Module, method: str = "percentile", calib_data: Optional[Iterable] = None,
+            backend: str = "spikingjelly", **options) -> nn.Module:
+    """Convert ``model`` (eval mode) with a registered ``method`` using ``calib_data`` to set thresholds.
+
+    ``options`` override the method's fields (``p=99.99``, ``granularity="channel"``, ``fire_at=0.5`` ...)
+    or are backend options (``native=False``, ``max_batches=4``, ``progress=False``). ``method="auto"`` (needs
+    ``T=``) picks the best applicable method on held-out calibration images (:func:`convert_auto`).
+    """
+    plugin(backend)  # an unknown backend is refused before any work
+    if method == "auto":
+        return convert_auto(model, calib_data, backend=backend, **options)
+    return convert_method(model, method, calib_data, backend=backend, **options)
 
 
 def _candidates(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[List[str], List[Dict]]:

@@ -12,6 +12,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..assets import zoo
+from ..conversion.auto import OPTIONS as AUTO_OPTIONS
+from ..conversion.registry import get, methods
+from . import bench, demo, train, tuning
+from .baselines import SJ_RECIPES
+from .bench import parse_options
+
 __all__ = ["main", "UsageError"]
 
 
@@ -56,11 +63,6 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _check_bench(args: argparse.Namespace) -> None:
-    from . import zoo
-    from .auto import OPTIONS as AUTO_OPTIONS
-    from .bench import SJ_RECIPES, parse_options
-    from .methods import get, methods
-
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if not models:
         raise UsageError("--model: give at least one zoo entry")
@@ -99,11 +101,6 @@ def _check_train(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``snnconv`` console script."""
-    from . import bench, demo, train
-    import importlib
-    finetune = importlib.import_module(".finetune", __package__)  # the module (the package exports the function)
-    from .methods import get, methods
-
     p = _Parser(prog="snnconv", description="ANN-to-SNN conversion: benchmarks, zoo training, methods.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bench", help="convert a zoo model with several methods and compare accuracy against T")
@@ -113,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t = sub.add_parser("train", help="train a zoo entry reproducibly")
     train.add_arguments(t)
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
-    finetune.add_arguments(f)
+    tuning.add_arguments(f)
     d = sub.add_parser("demo", help="each paper's best method beside SpikingJelly's two strongest recipes "
                                     "(Net4 and a BN net, T = 1..32): marked table, results.csv, demo.png")
     demo.add_arguments(d)
@@ -139,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             train.run(args)
             return 0
         if args.cmd == "finetune":
-            finetune.run(args)
+            tuning.run(args)
             return 0
         for name in methods():
             print(f"{name:<22} {get(name).description}")

@@ -1,4 +1,4 @@
-"""Method registry: a conversion method is a named composition of parts.
+"""The method registry: a conversion method is a named composition of parts.
 
 A :class:`Method` says which ANN activations it converts, which threshold strategy sets theta, which
 knobs the neuron family gets (``neuron.NeuronParams``) and which calibration passes run afterwards.
@@ -6,25 +6,17 @@ Adding a paper means adding entries here, not a new pipeline.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch.nn as nn
 
-__all__ = ["Method", "register", "get", "methods", "ACTIVATIONS", "register_activation"]
+__all__ = ["Method", "register", "get", "methods", "CALIBRATION_OPTIONS", "CALIBRATION_PASSES"]
 
-from .activations import QCFS, AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
-
-# ANN activation types the converter understands -> whether their output is signed (needs theta_neg).
-ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
-                                            Clamp: False, ThresholdReLU: False, QCFS: False}
-
-
-def register_activation(kind: Type[nn.Module], signed: bool = False) -> None:
-    """Teach the converter an activation module type (later issues: clamp, stReLU, tReLU...)."""
-    ACTIVATIONS[kind] = signed
+from ..core.activations import QCFS, AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
+from ..core.checks import is_number, positive_int, positive_number
+from . import alphabeta  # noqa: F401  (registers the 'datta' threshold strategy, Datta & Beerel Algorithm 1)
+from . import thresholds
 
 
 @dataclass(frozen=True)
@@ -55,8 +47,6 @@ class Method:
 
     def validate(self) -> None:
         """Refuse option values the converter would misread, naming the method, the option and the value."""
-        from . import thresholds
-
         def bad(option: str, value, want: str) -> ValueError:
             return ValueError(f"method {self.name!r}: option {option}={value!r} is invalid; {want}")
 
@@ -72,13 +62,13 @@ class Method:
                 raise bad(flag, getattr(self, flag), "use True or False")
         if self.memory and not self.signed:
             raise bad("memory", self.memory, "SNM memory needs a signed neuron (signed=True)")
-        if not _positive_number(self.amplitude):
+        if not positive_number(self.amplitude):
             raise bad("amplitude", self.amplitude, "the spike amplitude must be a finite number > 0")
-        if not _positive_number(self.leak) or float(self.leak) > 1.0:
+        if not positive_number(self.leak) or float(self.leak) > 1.0:
             raise bad("leak", self.leak, "the leak factor must be in (0, 1]")
-        if self.T is not None and not _positive_int(self.T):
+        if self.T is not None and not positive_int(self.T):
             raise bad("T", self.T, "T (time steps) must be a positive integer")
-        if not (self.scale == "search" or (_positive_number(self.scale))):
+        if not (self.scale == "search" or (positive_number(self.scale))):
             raise bad("scale", self.scale, "lambda must be a finite number > 0 or 'search'")
         unknown = set(self.calibration) - set(CALIBRATION_PASSES)
         if unknown:
@@ -86,18 +76,18 @@ class Method:
         topts = self.threshold_options
         if "granularity" in topts and topts["granularity"] not in thresholds.GRANULARITIES:
             raise bad("granularity", topts["granularity"], f"use one of {thresholds.GRANULARITIES}")
-        if "p" in topts and not (_number(topts["p"]) and 0.0 < float(topts["p"]) <= 100.0):
+        if "p" in topts and not (is_number(topts["p"]) and 0.0 < float(topts["p"]) <= 100.0):
             raise bad("p", topts["p"], "the percentile must be in (0, 100]")
         for key in ("T", "N", "cap"):
-            if key in topts and not _positive_int(topts[key]):
+            if key in topts and not positive_int(topts[key]):
                 raise bad(key, topts[key], f"{key} must be a positive integer")
         if "rounding" in topts and topts["rounding"] not in ("round", "floor"):
             raise bad("rounding", topts["rounding"], "use 'round' (ClipRound, Eq. 18) or 'floor' (ClipFloor)")
         for key in ("samples", "iters", "batch", "bias_iters"):
-            if key in self.calibration_options and not _positive_int(self.calibration_options[key]):
+            if key in self.calibration_options and not positive_int(self.calibration_options[key]):
                 raise bad(key, self.calibration_options[key], f"{key} must be a positive integer")
         for key in ("lr", "ridge"):
-            if key in self.calibration_options and not _positive_number(self.calibration_options[key]):
+            if key in self.calibration_options and not positive_number(self.calibration_options[key]):
                 raise bad(key, self.calibration_options[key], f"{key} must be a finite number > 0")
 
     def with_options(self, **options) -> "Method":
@@ -112,10 +102,9 @@ class Method:
             if key in options:
                 copts[key] = options.pop(key)
         if "T" in options and options["T"] is not None:
-            if not _positive_int(options["T"]):
+            if not positive_int(options["T"]):
                 raise ValueError(f"method {self.name!r}: option T={options['T']!r} is invalid; T (time steps) "
                                  "must be a positive integer")
-            options["T"] = int(options["T"])
             if "T" in topts or options.get("threshold", self.threshold) == "mmse":
                 topts["T"] = options["T"]
         unknown = set(options) - set(self.__dataclass_fields__)
@@ -128,18 +117,6 @@ class Method:
 CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
 CALIBRATION_PASSES = ("bias", "weights", "potential", "readout")  # calibrate.PASSES
 
-
-def _number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _positive_number(v) -> bool:
-    return _number(v) and float(v) > 0
-
-
-def _positive_int(v) -> bool:
-    """An integer >= 1 (an integral float such as 8.0 counts; 2.5, True and '8' do not)."""
-    return _positive_number(v) and float(v) == int(v)
 
 _REGISTRY: Dict[str, Method] = {}
 
@@ -251,8 +228,6 @@ register(Method("ttrbr", "TTRBR: 99.9th percentile of each clamp/ReLU pre-activa
 register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile thresholds, half-threshold IF.",
                 threshold="percentile", threshold_options={"p": 99.9}, fire_at=0.5, activations=(Clamp, nn.ReLU),
                 reference="Meng et al. 2022, Table 7"))
-
-from . import datta as _datta  # noqa: E402,F401  (registers the 'datta' threshold strategy before the method)
 
 # --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
 register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "

@@ -9,8 +9,8 @@ For every spiking layer of a converted (multi-step) network and its ANN activati
   quantization error ``e_q = clamp(x_bar, 0, theta) - y'`` and deviation error ``e_d = y' - y``;
 * the sample variance over time of each neuron's input current (TTRBR Fig. 7), median and maximum.
 
-Works on networks whose spiking layers expose ``params(like)`` (``SnnconvNode``, also inside the
-weight-normalisation wrapper), i.e. conversions by the SpikingJelly backend or :func:`calibrate.simulator`.
+Works on every network our converter made (any backend): its spiking layers are found with
+``nodes.spiking_modules`` and their knobs read with ``nodes.params_of``.
 """
 from __future__ import annotations
 
@@ -19,40 +19,37 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 
-from . import graph
-from .calibrate import ann_activations, quantize
-from .evaluate import as_loader, simulate_net
-from .neuron import NeuronParams, value
+from ..conversion import graph
+from ..conversion.calibrate import ann_activations, quantize
+from ..core.activations import ACTIVATIONS
+from ..core.checks import as_loader, iter_inputs
+from ..core.neuron import NeuronParams, value
+from ..core.nodes import params_of, spiking_modules
+from ..core.simulation import simulate_net
 
 __all__ = ["layer_report", "spiking_layers", "plot_layers"]
 
 
 def _params_of(mod: nn.Module, like: torch.Tensor) -> Optional[NeuronParams]:
-    """The core parameters of a converted network's spiking module: its own ``params`` (snnconv nodes), or
-    the ``snnconv_params`` the converter attached to SpikingJelly's ``IFNode``/``TernaryIFNode``."""
-    if hasattr(mod, "params") and callable(mod.params):
-        return mod.params(like)
-    p = getattr(mod, "snnconv_params", None)
-    return None if p is None else p.to(like)
+    """``nodes.params_of``, or None for a node that carries no snnconv parameters."""
+    try:
+        return params_of(mod, like)
+    except TypeError:
+        return None
 
 
 def spiking_layers(snn: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:
-    """The modules of ``snn`` at the ANN activations' names; refuses names it cannot find."""
-    mods = dict(snn.named_modules())
-    out = {}
-    for n in names:
-        m = mods.get(n)
-        if m is None:
-            raise ValueError(f"the converted network has no spiking layer {n!r}: was it converted from this ANN?")
-        out[n] = m
-    return out
+    """The spiking layers of ``snn`` (``nodes.spiking_modules``) at the ANN activations' names; refuses names it
+    cannot find."""
+    found = spiking_modules(snn)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"the converted network has no spiking layer {missing[0]!r}: was it converted from this ANN?")
+    return {n: found[n] for n in names}
 
 
 def _valued(mod: nn.Module, s: torch.Tensor) -> torch.Tensor:
-    p = _params_of(mod, s)
-    if p is None:
-        raise ValueError(f"{type(mod).__name__} carries no snnconv neuron parameters: was it converted by snnconv?")
-    return value(s, p)
+    return value(s, params_of(mod, s))
 
 
 class _Acc:
@@ -85,14 +82,14 @@ def layer_report(ann: nn.Module, snn: nn.Module, data, T: int, max_images: int =
     """
     gm = graph.fold_bn(graph.trace(ann))
     acts = [n.target for n in gm.graph.nodes if n.op == "call_module"
-            and isinstance(gm.get_submodule(n.target), tuple(graph.ACTIVATIONS))]
+            and isinstance(gm.get_submodule(n.target), tuple(ACTIVATIONS))]
     if not acts:
         raise ValueError(f"{type(ann).__name__} has no activation the converter knows")
     layers = spiking_layers(snn, acts)
     device = next(snn.parameters(), torch.zeros(())).device
     sums = {t: dict(err=0.0, norm=0.0, eq=0.0, ed=0.0, n=0, var=[], vmax=0.0, cerr=0.0, cnorm=0.0) for t in acts}
     seen = 0
-    for x in graph.iter_inputs(as_loader(data, batch_size), device, "analysis data"):
+    for x in iter_inputs(as_loader(data, batch_size), device, "analysis data"):
         x = x[: max_images - seen]
         ann_out, _ = ann_activations(gm, acts, x)
         accs = {t: _Acc() for t in acts}

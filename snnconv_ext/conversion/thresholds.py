@@ -12,13 +12,14 @@ Strategies are registered by name (:func:`register`) and built with :func:`get`;
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["ThresholdStrategy", "MaxThreshold", "PercentileThreshold", "register", "get", "names", "GRANULARITIES"]
+from ..core.checks import is_number, positive_int
+
+__all__ = ["ThresholdStrategy", "MaxThreshold", "PercentileThreshold", "ActivationBound", "MMSEThreshold", "register",
+           "get", "names", "clip_round", "as_channel", "GRANULARITIES"]
 
 GRANULARITIES = ("layer", "channel", "neuron")
 _REGISTRY: Dict[str, Callable[..., "ThresholdStrategy"]] = {}
@@ -48,21 +49,13 @@ def names() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _is_count(v) -> bool:
-    """An integer >= 1 (8.0 counts, 2.5 and True do not)."""
-    return _is_number(v) and float(v) >= 1 and float(v) == int(v)
-
-
 def _channels_first(z: torch.Tensor) -> torch.Tensor:
     """``[B, C, ...]`` -> ``[C, B*...]`` (per-channel value lists)."""
     return z.transpose(0, 1).reshape(z.shape[1], -1)
 
 
-def _shape_channel(v: torch.Tensor, sample_dim: int) -> torch.Tensor:
+def as_channel(v: torch.Tensor, sample_dim: int) -> torch.Tensor:
+    """A per-channel vector ``[C]`` shaped to broadcast against one sample of ``sample_dim`` dimensions."""
     return v.reshape(v.shape[0], *([1] * (sample_dim - 1)))
 
 
@@ -127,7 +120,7 @@ class MaxThreshold(ThresholdStrategy):
     def compute(self) -> torch.Tensor:
         self._check_ready()
         theta = self._positive(self._check_finite(self.value))
-        return _shape_channel(theta, self._sample_dim) if self.granularity == "channel" else theta
+        return as_channel(theta, self._sample_dim) if self.granularity == "channel" else theta
 
 
 @register("percentile")
@@ -144,9 +137,9 @@ class PercentileThreshold(ThresholdStrategy):
 
     def __init__(self, p: float = 99.9, granularity: str = "layer", cap: int = 1 << 24, seed: int = 0) -> None:
         super().__init__(granularity)
-        if not _is_number(p) or not 0.0 < p <= 100.0:
+        if not is_number(p) or not 0.0 < p <= 100.0:
             raise ValueError(f"percentile p must be in (0, 100], got {p!r}")
-        if not _is_count(cap):
+        if not positive_int(cap):
             raise ValueError(f"percentile cap (values kept per layer) must be a positive integer, got {cap!r}")
         self.p, self.cap = float(p), int(cap)
         self.values: List[torch.Tensor] = []
@@ -185,7 +178,7 @@ class PercentileThreshold(ThresholdStrategy):
         if self.granularity == "layer":
             return theta[0]
         if self.granularity == "channel":
-            return _shape_channel(theta, self._sample_dim)
+            return as_channel(theta, self._sample_dim)
         return theta.reshape(self._sample_shape)
 
     def _shrink(self) -> None:
@@ -252,7 +245,7 @@ class MMSEThreshold(PercentileThreshold):
     def __init__(self, T: int = 8, N: int = 100, granularity: str = "layer", rounding: str = "round",
                  cap: int = 1 << 18, seed: int = 0) -> None:
         super().__init__(p=100.0, granularity=granularity, cap=cap, seed=seed)
-        if not _is_count(T) or not _is_count(N):
+        if not positive_int(T) or not positive_int(N):
             raise ValueError(f"MMSE needs integers T >= 1 and N >= 1 grid points, got T={T!r}, N={N!r}")
         if rounding not in ("round", "floor"):
             raise ValueError(f"rounding must be 'round' (Eq. 18) or 'floor' (ClipFloor), got {rounding!r}")

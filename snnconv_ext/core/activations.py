@@ -5,12 +5,13 @@ positive threshold that the converted neuron gets (the ``activation`` threshold 
 """
 from __future__ import annotations
 
+from typing import Callable, Dict, Optional, Type
+
 import torch
 import torch.nn as nn
 
-from .models import ACTIVATIONS as MODEL_ACTIVATIONS
-
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "QCFS", "qcfs_levels", "LEAF_FUNCTIONS"]
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "QCFS", "qcfs_levels", "LEAF_FUNCTIONS",
+           "ACTIVATIONS", "BY_NAME", "register_activation"]
 
 
 # torch.fx traces through custom modules; these wrapped functions stay single call_function nodes that
@@ -220,6 +221,19 @@ def _qcfs_factory(levels: int):
 
 LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp,
                   threshold_relu: ThresholdReLU, qcfs_act: QCFS}
-MODEL_ACTIVATIONS.update({"strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp,
-                          "threshold_relu": ThresholdReLU, "qcfs": QCFS,
-                          **{f"qcfs{n}": _qcfs_factory(n) for n in (2, 4, 8, 16)}})
+# The one activation registry: ANN activation types the converter understands -> whether their output is signed
+# (a signed output needs a negative threshold theta_neg).
+ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
+                                            Clamp: False, ThresholdReLU: False, QCFS: False}
+
+# Activation names for ``models.build`` and ``snnconv train --act``: name -> zero-argument factory.
+BY_NAME: Dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "strelu": StReLU, "trelu": TReLU, "atleakyrelu": AtLeakyReLU, "clamp": Clamp,
+    "threshold_relu": ThresholdReLU, "qcfs": QCFS, **{f"qcfs{n}": _qcfs_factory(n) for n in (2, 4, 8, 16)}}
+
+
+def register_activation(kind: Type[nn.Module], signed: bool = False, name: Optional[str] = None) -> None:
+    """Teach the converter an activation module type (and, with ``name``, ``models.build`` its name)."""
+    ACTIVATIONS[kind] = signed
+    if name is not None:
+        BY_NAME[name] = kind

@@ -1,52 +1,31 @@
-"""Simulation and accuracy: every T of a list from one pass, multi-step, in time chunks.
+"""Simulation: "reset, then run T steps" (:func:`run_window`), chunked simulation with a cumulative readout
+(:func:`simulate_net`), and accuracy for every T of a list from one pass (:func:`evaluate`, :func:`hits`).
 
-A converted network takes ``[T, B, ...]`` and returns accumulated logits ``[T, B, classes]``. Direct
+A converted network takes ``[T, B, ...]`` and returns the output layer's current at every step. Direct
 encoding feeds the same analog image at every step: we pass an ``expand`` view, so the analog first
 layer is computed once per image (``graph.SeqModule``), and simulate ``chunk`` steps at a time so memory
-stays bounded in T.
+stays bounded in T. Single-step networks (snnTorch, SpikingJelly set to ``"s"``) are stepped one by one.
+This module is the only place that resets a network and feeds it time steps; calibration, evaluation,
+Datta's analysis, fine-tuning, energy, analysis and export all call it.
 """
 from __future__ import annotations
 
-import numbers
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-__all__ = ["reset", "simulate_net", "evaluate", "hits", "ann_accuracy", "check_input", "as_loader"]
+from .checks import as_loader, check_input, check_T, check_timesteps
+
+__all__ = ["reset", "run_window", "simulate_net", "evaluate", "hits", "ann_accuracy"]
 
 
 def reset(net: nn.Module) -> None:
-    """Reset every stateful module (SpikingJelly ``functional.reset_net`` semantics, no import needed)."""
+    """Reset every stateful module, ``net`` included (SpikingJelly ``functional.reset_net`` semantics, no import)."""
     for m in net.modules():
-        if m is not net and hasattr(m, "reset") and callable(m.reset):
+        if callable(getattr(m, "reset", None)):
             m.reset()
-
-
-def as_loader(data, batch_size: int = 256) -> Iterable:
-    """Accept a DataLoader / iterable of batches, or a map-style Dataset (batched here)."""
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    return data
-
-
-def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what: str = "input") -> None:
-    """Refuse wrong shape, non-float dtype or NaN with a message naming what was wrong."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} has dtype {x.dtype}; expected a floating-point image tensor")
-    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
-        raise ValueError(f"{what} has shape {tuple(x.shape)}; the converted model expects [B, {', '.join(map(str, expected))}]")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains {'NaN' if torch.isnan(x).any() else 'Inf'}")
-
-
-def check_T(T, what: str = "T") -> None:
-    """Refuse a number of time steps that is not an integer >= 1 (2.5, 0, -1, True, '4')."""
-    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
-        raise ValueError(f"{what}: the number of time steps must be an integer >= 1, got {T!r}")
 
 
 def _step_mode(snn: nn.Module) -> str:
@@ -58,6 +37,24 @@ def _step_mode(snn: nn.Module) -> str:
     return mode
 
 
+def _steps(net: nn.Module, x: torch.Tensor, n: Optional[int], single: bool) -> torch.Tensor:
+    """The next ``n`` per-step outputs ``[n, B, ...]`` for constant input ``x``, or for the sequence ``x``
+    ``[T, B, ...]`` when ``n`` is None, continuing from the network's current state."""
+    if n is not None:
+        if single:
+            return torch.stack([net(x) for _ in range(n)])
+        return net(x.unsqueeze(0).expand(n, *x.shape))
+    return torch.stack([net(x_t) for x_t in x]) if single else net(x)
+
+
+def run_window(net: nn.Module, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
+    """Reset ``net``, then run it for ``T`` steps of direct input ``x`` ``[B, ...]`` (or, with ``T=None``, over
+    the sequence ``x`` ``[T, B, ...]``); return the per-step outputs ``[T, B, ...]``. Autograd follows the
+    caller's mode (fine-tuning differentiates through it)."""
+    reset(net)
+    return _steps(net, x, None if T is None else check_T(T), _step_mode(net) == "s")
+
+
 @torch.no_grad()
 def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Iterator[torch.Tensor]:
     """Yield the accumulated readout ``[c, B, ...]`` (sum of the output layer's current over the steps so far)
@@ -66,16 +63,12 @@ def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Ite
     check_T(T)
     check_T(chunk, "chunk")
     check_input(x, getattr(snn, "meta", {}).get("input_shape"))
-    reset(snn)
     single = _step_mode(snn) == "s"
     total = None
     done = 0
     while done < T:
         c = min(chunk, T - done)
-        if single:
-            out = torch.stack([snn(x) for _ in range(c)])
-        else:
-            out = snn(x.unsqueeze(0).expand(c, *x.shape))
+        out = run_window(snn, x, c) if total is None else _steps(snn, x, c, single)
         out = out.cumsum(0) if total is None else out.cumsum(0) + total
         total = out[-1]
         yield out
@@ -87,20 +80,6 @@ def _batches(data, device) -> Iterator:
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise ValueError("evaluation data must yield (images, labels) batches")
         yield batch[0].to(device), batch[1].to(device)
-
-
-def _timesteps(timesteps) -> List[int]:
-    """The distinct T of ``timesteps`` (an int or a list of positive ints), sorted; a clear error otherwise."""
-    if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
-        timesteps = [timesteps]
-    if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, Iterable):
-        raise TypeError(f"timesteps must be a list of positive integers, got {timesteps!r}")
-    timesteps = list(timesteps)
-    if not timesteps:
-        raise ValueError("timesteps is empty: give at least one number of time steps T >= 1")
-    for t in timesteps:
-        check_T(t, "timesteps")
-    return sorted(set(int(t) for t in timesteps))
 
 
 def _batch_hits(snn: nn.Module, data, ts: List[int], batch_size: int, chunk: int, device: Optional[torch.device],
@@ -126,7 +105,7 @@ def _batch_hits(snn: nn.Module, data, ts: List[int], batch_size: int, chunk: int
 def evaluate(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, chunk: int = 4,
              device: Optional[torch.device] = None, progress: bool = True, desc: str = "simulate") -> Dict[int, float]:
     """Accuracy (%) of the converted ``snn`` at every T in ``timesteps`` from one simulation of max(T) steps."""
-    ts = _timesteps(timesteps)
+    ts = check_timesteps(timesteps)
     correct, total = None, 0
     for ok in _batch_hits(snn, data, ts, batch_size, chunk, device, progress, desc):
         correct = ok.sum(-1) if correct is None else correct + ok.sum(-1)   # stays on the device
@@ -141,7 +120,7 @@ def hits(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, 
          device: Optional[torch.device] = None, progress: bool = False) -> Dict[int, torch.Tensor]:
     """Per T in ``timesteps``: one bool per image (on the CPU, in data order), whether the SNN is right after T steps.
     ``evaluate``'s accuracy is their mean; per-image results give paired comparisons (``compare.paired_se``)."""
-    ts = _timesteps(timesteps)
+    ts = check_timesteps(timesteps)
     per_batch = [ok.cpu() for ok in _batch_hits(snn, data, ts, batch_size, chunk, device, progress, "simulate")]
     if not per_batch:
         raise ValueError("evaluation data is empty")

@@ -3,7 +3,6 @@ of the checkpoints listed in zoo/manifest.json (written by ``snnconv train``).""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.files import save_atomic, sha256_file
 from . import models
 
 ZOO_DIR = Path(__file__).resolve().with_name("zoo")
@@ -218,36 +218,6 @@ def write_manifest_entry(name: str, entry: dict[str, Any],
             os.unlink(tmp)
         raise
     return mpath
-
-
-def save_atomic(state: dict[str, torch.Tensor], file: str | os.PathLike) -> Path:
-    """``torch.save`` into a temporary file next to ``file``, then rename it into place, so an interrupted
-    run leaves either the old file or the complete new one, never a half-written checkpoint."""
-    file = Path(file)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, file)
-    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return file
-
-
-def sha256_file(p: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def train_command(name: str) -> str:

@@ -29,7 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-__all__ = ["Constants", "CONSTANTS", "constants", "Report", "SpikeMeter", "measure", "spiking_modules",
+from ..core.checks import as_loader
+from ..core.nodes import POOLS, WEIGHTED, graph_of, is_multistep, is_spiking, is_stateful, spiking_modules, unwrap
+from ..core.simulation import evaluate, reset, run_window
+
+__all__ = ["Constants", "CONSTANTS", "constants", "Report", "SpikeMeter", "measure",
            "ann_macs"]
 
 
@@ -72,77 +76,8 @@ def constants(spec: Union[str, Constants, Tuple[float, float]]) -> Constants:
 
 # ---------------------------------------------------------------------------------------------- structure
 
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveMaxPool2d)
 _IDENTITY_NAMES = {"Scale", "VoltageScaler", "ChannelVoltageScaler", "Identity", "Dropout", "Dropout2d",
                    "BatchNorm1d", "BatchNorm2d"}
-
-
-def _is_spiking(mod: nn.Module) -> bool:
-    """A spiking neuron: SpikingJelly ``BaseNode`` or snnTorch ``SpikingNeuron`` (or a wrapper holding one)."""
-    kinds: Tuple[type, ...] = ()
-    try:
-        from spikingjelly.activation_based.neuron import BaseNode
-        kinds += (BaseNode,)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from snntorch._neurons.neurons import SpikingNeuron
-        kinds += (SpikingNeuron,)
-    except ImportError:  # pragma: no cover
-        pass
-    return any(isinstance(m, kinds) for m in mod.modules())
-
-
-def _is_stateful(mod: nn.Module) -> bool:
-    try:
-        from spikingjelly.activation_based.base import MemoryModule
-    except ImportError:  # pragma: no cover
-        return False
-    return any(isinstance(m, MemoryModule) for m in mod.modules())
-
-
-def _unwrap(mod: nn.Module) -> nn.Module:
-    """The layer inside a multi-step wrapper (``graph.SeqModule``, SpikingJelly's ``SeqToANNContainer``)."""
-    while True:
-        if type(mod).__name__ == "SeqModule":
-            mod = mod.module
-        elif type(mod).__name__ in ("SeqToANNContainer", "MultiStepContainer") and len(mod) == 1:
-            mod = mod[0]
-        else:
-            return mod
-
-
-def _is_multistep(mod: nn.Module) -> bool:
-    return any(getattr(m, "step_mode", "s") == "m" for m in mod.modules())
-
-
-class _LeafTracer(fx.Tracer):
-    """Trace a network keeping spiking / stateful modules and multi-step wrappers as leaves."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (super().is_leaf_module(m, qualname) or _is_spiking(m) or _is_stateful(m)
-                or isinstance(m, WEIGHTED + _POOLS + (nn.Flatten,)) or type(m).__name__ == "SeqModule")
-
-
-def _graph(net: nn.Module) -> fx.GraphModule:
-    """The fx graph of a converted network (a ``GraphModule``, one wrapped in ``nn.Sequential``, or traced)."""
-    if isinstance(net, fx.GraphModule):
-        return net
-    inner = [m for m in net.children() if isinstance(m, fx.GraphModule)]
-    if len(inner) == 1 and all(isinstance(m, fx.GraphModule) or (not _is_spiking(m) and not list(m.parameters()))
-                               for m in net.children()):
-        return inner[0]
-    tracer = _LeafTracer()
-    return fx.GraphModule(net, tracer.trace(net))
-
-
-def spiking_modules(net: nn.Module) -> Dict[str, nn.Module]:
-    """The spiking layers of a converted network, by graph target, in graph order."""
-    gm = _graph(net)
-    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes
-            if n.op == "call_module" and _is_spiking(gm.get_submodule(n.target))}
 
 
 def _plain(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -198,13 +133,13 @@ def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str,
             record("output", (x.flatten(1) != 0).sum(1))
         elif node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            inner = _unwrap(mod)
+            inner = unwrap(mod)
             where = f"module {node.target!r} ({type(inner).__name__})"
             if isinstance(inner, WEIGHTED):
                 record(node.target, _connections(inner, x, where))
-            elif _is_spiking(mod) or _is_stateful(mod):
+            elif is_spiking(mod) or is_stateful(mod):
                 record(node.target, (x.flatten(1) != 0).sum(1))  # identity synapses (residual path)
-            elif isinstance(inner, _POOLS):
+            elif isinstance(inner, POOLS):
                 env[node] = _plain(inner, x.abs())
             elif isinstance(inner, nn.Flatten):
                 env[node] = x.flatten(1)
@@ -230,15 +165,13 @@ def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str,
 def ann_macs(net: nn.Module, input_shape: Sequence[int]) -> Dict[str, int]:
     """MACs per image of every conv / linear layer (DNISNM Eq. 24), from one forward pass of shape
     ``[1, *input_shape]`` (or ``[1, 1, *input_shape]`` for a multi-step network)."""
-    gm = _graph(net)
+    gm = graph_of(net)
     return _dry_run(net, gm, input_shape)[0]
 
 
 @torch.no_grad()
 def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
     """MACs per weighted layer and the per-image shape of every spiking layer, from a one-image pass."""
-    from .evaluate import reset
-
     macs: Dict[str, int] = {}
     shapes: Dict[str, Tuple[int, ...]] = {}
     hooks = []
@@ -246,7 +179,7 @@ def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(node.target)
-        inner = _unwrap(mod)
+        inner = unwrap(mod)
         if isinstance(inner, WEIGHTED):
             def hook(m, i, o, t=node.target):
                 per = _out(o).numel()  # outputs of one image and one step
@@ -254,16 +187,17 @@ def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
                     m.in_channels // m.groups * math.prod(m.kernel_size)
                 macs[t] = per * fan_in
             hooks.append(inner.register_forward_hook(hook))
-        elif _is_spiking(mod):
-            multi = _is_multistep(mod)
+        elif is_spiking(mod):
+            multi = is_multistep(mod)
             hooks.append(mod.register_forward_hook(
                 lambda m, i, o, t=node.target, k=2 if multi else 1: shapes.__setitem__(t, tuple(_out(o).shape[k:]))))
-    multi = _is_multistep(net)
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
-    x = torch.zeros((1, 1, *input_shape) if multi else (1, *input_shape), device=dev)
+    x = torch.zeros((1, *input_shape), device=dev)
     try:
-        reset(net)
-        net(x)
+        if is_spiking(net):
+            run_window(net, x, 1)
+        else:
+            net(x)  # an ANN: one plain forward pass
     finally:
         for h in hooks:
             h.remove()
@@ -355,7 +289,7 @@ class SpikeMeter:
     """
 
     def __init__(self, net: nn.Module, input_shape: Sequence[int], analog_per_step: bool = True) -> None:
-        self.net, self.gm = net, _graph(net)
+        self.net, self.gm = net, graph_of(net)
         self.macs, shapes = _dry_run(net, self.gm, input_shape)
         self.analog_per_step = analog_per_step
         self.neurons = {k: math.prod(s) for k, s in shapes.items()}
@@ -373,7 +307,7 @@ class SpikeMeter:
     def __enter__(self) -> "SpikeMeter":
         for t in self._spikes:
             mod = self.gm.get_submodule(t)
-            self._hooks.append(mod.register_forward_hook(self._hook(t, _is_multistep(mod))))
+            self._hooks.append(mod.register_forward_hook(self._hook(t, is_multistep(mod))))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -429,7 +363,6 @@ def _input_shape(net: nn.Module, data) -> Tuple[int, ...]:
     shape = getattr(net, "meta", {}).get("input_shape") if hasattr(net, "meta") else None
     if shape:
         return tuple(shape)
-    from .evaluate import as_loader
     batch = next(iter(as_loader(data, 1)))
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     return tuple(x.shape[1:])
@@ -440,8 +373,6 @@ def measure(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 12
             device: Optional[torch.device] = None, progress: bool = False,
             analog_per_step: bool = True) -> Tuple[Dict[int, float], Dict[int, Report]]:
     """Simulate a converted (multi-step) network on ``data``: accuracy and a :class:`Report` per T."""
-    from .evaluate import evaluate
-
     meter = SpikeMeter(snn, _input_shape(snn, data), analog_per_step)
     with meter:
         acc = evaluate(snn, data, timesteps, batch_size=batch_size, chunk=chunk, device=device,

@@ -1,7 +1,7 @@
-"""Graph surgery shared by every backend: trace, fold BN, refuse what we cannot convert, record, replace.
-
-Everything works on a ``torch.fx.GraphModule`` of the ANN (as SpikingJelly's converter does). The
-SpikingJelly recipe calls these steps from its lifecycle hooks; the snnTorch converter calls the same.
+"""Graph surgery on the ANN's ``torch.fx`` graph: trace, fold BN, refuse what we cannot convert, fold spike values,
+replace activations by neurons, make the graph step-mode aware. Surgery only: the order in which these steps run is
+:mod:`snnconv_ext.conversion.pipeline`'s, and the modules a converted network runs (``SeqModule``, ``Scale``) are here
+because the surgery inserts them.
 """
 from __future__ import annotations
 
@@ -13,23 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
-from tqdm.auto import tqdm
 
-from . import thresholds as thr
-from .activations import LEAF_FUNCTIONS
-from .methods import ACTIVATIONS, Method
-from .neuron import NeuronParams
+from ..core.activations import ACTIVATIONS, LEAF_FUNCTIONS
+from ..core.checks import ConversionError, check_eval
+from ..core.neuron import NeuronParams
+from .registry import Method
 
 __all__ = [
-    "trace", "fold_bn", "check_supported", "activation_nodes", "calibrate_thresholds",
-    "replace_activations", "relift_activations", "SeqModule", "to_multistep", "ConversionError", "iter_inputs",
-    "run_ann", "Scale", "fold_spike_values",
+    "trace", "fold_bn", "check_supported", "activation_nodes", "replace_activations", "relift_activations",
+    "SeqModule", "to_multistep", "ConversionError", "Scale", "fold_spike_values", "set_module", "describe",
+    "check_finite", "LINEAR",
 ]
-
-
-class ConversionError(ValueError):
-    """The model contains something the method cannot convert faithfully."""
-
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
 STATELESS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
@@ -42,12 +36,7 @@ KNOWN_ACTIVATION_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sig
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model`` (must be in eval mode) into an fx graph."""
-    if model.training:
-        raise ConversionError(f"{type(model).__name__} is in training mode: call model.eval() before converting "
-                              "(BN statistics and dropout must be frozen).")
-    for name, mod in model.named_modules():
-        if mod.training:
-            raise ConversionError(f"submodule {name!r} ({type(mod).__name__}) is in training mode: call model.eval().")
+    check_eval(model)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # pragma: no cover - message passthrough
@@ -93,7 +82,8 @@ def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return obj.detach()
 
 
-def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``target`` of ``gm`` (replacing what was there)."""
     parent, _, leaf = target.rpartition(".")
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
@@ -125,7 +115,7 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
         b = lin.bias if lin.bias is not None else torch.zeros_like(bn.running_mean)
         new.weight = nn.Parameter(w)
         new.bias = nn.Parameter(beta + g * (b - bn.running_mean) / s)
-        _set_module(gm, src.target, new)
+        set_module(gm, src.target, new)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
     gm.graph.lint()
@@ -134,7 +124,7 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _where(node: fx.Node) -> str:
+def describe(node: fx.Node) -> str:
     """Name a node and, when fx traced through a custom module, the module it came from."""
     stack = node.meta.get("nn_module_stack")
     if stack:
@@ -185,7 +175,7 @@ def check_supported(gm: fx.GraphModule, method: Method) -> None:
     _check_weights_and_sharing(gm, method)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
-        where = _where(node)
+        where = describe(node)
         if node.op == "call_module":
             mod = modules[node.target]
             where = f"module {node.target!r} ({type(mod).__name__})"
@@ -224,113 +214,11 @@ def activation_nodes(gm: fx.GraphModule, method: Method) -> List[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], method.activations)]
 
 
-def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration data",
-                with_labels: bool = False) -> Iterable[torch.Tensor]:
-    """Yield input tensors from a loader of tensors, (x, y) pairs or dicts; refuse empty or bad batches.
-    ``with_labels=True`` yields ``(x, y)`` with ``y`` None when a batch carries no integer labels."""
-    n = 0
-    for batch in data:
-        x, y = batch, None
-        if isinstance(batch, (list, tuple)):
-            if not batch:
-                raise ValueError(f"{what}: empty batch")
-            if len(batch) > 2:
-                raise ValueError(f"{what}: batch {n} is a {type(batch).__name__} of {len(batch)} items; expected "
-                                 "images, (images,) or (images, labels)")
-            x = batch[0]
-            y = batch[1] if len(batch) > 1 else None
-        elif isinstance(batch, dict):
-            keys = [k for k in ("input", "image", "x") if k in batch]
-            if not keys:
-                raise ValueError(f"{what}: batch {n} is a dict with keys {sorted(map(str, batch))}; the images must be "
-                                 "under 'input', 'image' or 'x'")
-            x = batch[keys[0]]
-            y = batch.get("label", batch.get("target", batch.get("y")))
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{what}: batch {n} holds {type(x).__name__}, expected a tensor or (tensor, label)")
-        if x.dim() < 2:
-            raise ValueError(f"{what}: batch {n} has shape {tuple(x.shape)}, expected [B, ...] with a batch dimension")
-        if not x.is_floating_point():
-            raise ValueError(f"{what}: batch {n} has dtype {x.dtype}, expected floating point")
-        if not torch.isfinite(x).all():
-            bad = "NaN" if torch.isnan(x).any() else "Inf"
-            raise ValueError(f"{what}: batch {n} contains {bad}")
-        if n == 0:
-            shape = tuple(x.shape[1:])
-        elif tuple(x.shape[1:]) != shape:
-            raise ValueError(f"{what}: batch {n} has sample shape {tuple(x.shape[1:])}, earlier batches {shape}")
-        n += 1
-        if not with_labels:
-            yield x.to(device)
-            continue
-        ok = isinstance(y, torch.Tensor) and not y.is_floating_point() and y.shape[:1] == x.shape[:1]
-        yield x.to(device), (y.to(device) if ok else None)
-    if n == 0:
-        raise ValueError(f"{what} is empty: conversion needs at least one batch to set thresholds")
-
-
-def run_ann(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``gm(x)``, turning a shape mismatch inside the model into an error that names the data's shape."""
-    try:
-        return gm(x)
-    except RuntimeError as exc:
-        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: {exc}") from None
-
-
-@torch.no_grad()
-def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: Optional[int] = None,
-                         progress: bool = True) -> Dict[str, NeuronParams]:
-    """Run calibration data through the ANN, feed each activation's input to its threshold strategy,
-    and return the neuron parameters for every activation module (keyed by module target)."""
-    nodes = activation_nodes(gm, method)
-    if not nodes:
-        raise ConversionError(f"no {[a.__name__ for a in method.activations]} activation found to convert")
-    strategies = {n.target: thr.get(method.threshold, **method.threshold_options) for n in nodes}
-    for t, s in strategies.items():
-        s.bind(gm.get_submodule(t))
-    hooks = [gm.get_submodule(t).register_forward_pre_hook(lambda m, a, t=t: strategies[t].observe(a[0]))
-             for t in strategies]
-    device = next(gm.parameters()).device
-    shape = None
-    images = 0
-    try:
-        it = iter_inputs(data, device)
-        for i, x in enumerate(tqdm(it, desc=f"calibrate {method.name}", disable=not progress, leave=False)):
-            shape = tuple(x.shape[1:])
-            images += x.shape[0]
-            run_ann(gm, x)
-            if max_batches is not None and i + 1 >= max_batches:
-                break
-    finally:
-        for h in hooks:
-            h.remove()
-    if images < 2:
-        raise ValueError(f"calibration data holds {images} image; thresholds are statistics of the activations and "
-                         "need at least 2 images (use a few hundred)")
-    params = {}
-    for t, s in strategies.items():
-        try:
-            theta = s.compute()
-        except ValueError as exc:
-            raise ValueError(f"layer {t!r}: {exc}") from None
-        knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
-                     memory=method.memory, amplitude=method.amplitude,
-                     v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
-        # an activation may define the neuron it becomes (atLeakyReLU: its own negative threshold/amplitude)
-        knobs.update(getattr(gm.get_submodule(t), "neuron_knobs", dict)())
-        knobs.update(getattr(s, "knobs", dict)())  # a strategy may set more knobs (datta: amplitude beta, Eq. 8)
-        if getattr(s, "result", None):
-            gm.meta.setdefault("snnconv_thresholds", {})[t] = dict(s.result)
-        params[t] = NeuronParams(**knobs)
-    gm.meta["input_shape"] = shape
-    return params
-
-
 def replace_activations(gm: fx.GraphModule, params: Dict[str, NeuronParams],
                         factory: Callable[[NeuronParams], nn.Module]) -> fx.GraphModule:
     """Swap each activation module for ``factory(params)`` (a backend's spiking neuron)."""
     for target, p in params.items():
-        _set_module(gm, target, factory(p))
+        set_module(gm, target, factory(p))
     gm.recompile()
     return gm
 
@@ -496,7 +384,7 @@ def fold_spike_values(gm: fx.GraphModule, values: Dict[str, Tuple[torch.Tensor, 
                 shape = [1, -1] + [1] * (w.dim() - 2) if f.dim() else []
                 new = copy.deepcopy(lin)  # never change a module shared with the caller
                 new.weight = nn.Parameter(w * (f.to(w).reshape(shape) if f.dim() else f.to(w)))
-                _set_module(gm, layer, new)
+                set_module(gm, layer, new)
             how[target] = "folded"
             continue
         name = "scale_" + target.replace(".", "_")
@@ -537,7 +425,7 @@ def to_multistep(gm: fx.GraphModule, stateful: Tuple[type, ...], seq: type = Seq
         if node.op == "call_module":
             mod = modules[node.target]
             if not any(isinstance(m, stateful + (SeqModule,)) for m in mod.modules()):
-                _set_module(gm, node.target, seq(mod))
+                set_module(gm, node.target, seq(mod))
     gm.graph.lint()
     gm.recompile()
     return gm

@@ -28,7 +28,9 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from .energy import _graph, _is_multistep, _is_spiking, _unwrap
+from ..core.neuron import start_potential
+from ..core.nodes import graph_of, is_multistep, is_spiking, params_of, unwrap
+from ..core.simulation import reset
 
 __all__ = ["to_nir", "ExportError"]
 
@@ -48,29 +50,21 @@ def _np(t, shape=None) -> np.ndarray:
 def _neuron(mod: nn.Module, where: str, shape, soft_reset: str):
     """``nir.IF`` for a spiking module, or an :class:`ExportError` naming what NIR cannot express."""
     import nir
-    from spikingjelly.activation_based import neuron as sj
 
     kind = type(mod).__name__
-    theta = getattr(mod, "v_threshold", None)
-    if isinstance(mod, getattr(sj, "TernaryIFNode", ())) or getattr(mod, "v_threshold_neg", None) is not None:
+    try:
+        p = params_of(mod)  # the one reader of a node's knobs (ours, or the framework's class our converter made)
+    except TypeError:
+        raise ExportError(f"{where} ({kind}): not an integrate-and-fire neuron snnconv can export") from None
+    if p.theta_neg is not None:
         raise ExportError(f"{where} ({kind}): signed (-1/0/+1) spikes have no NIR equivalent")
-    if getattr(mod, "memory", False):
+    if p.memory:
         raise ExportError(f"{where} ({kind}): SNM memory (DNISNM Eqs. 19-23) has no NIR equivalent")
-    leak = getattr(mod, "leak", 1.0)
-    if leak is not None and not bool((torch.as_tensor(leak) == 1).all()):
+    if p.leak is not None and not bool((torch.as_tensor(p.leak) == 1).all()):
         raise ExportError(f"{where} ({kind}): leak != 1 (NIR's LIF is a continuous-time leak with hard reset)")
-    if not isinstance(mod, (sj.IFNode, sj.HalfThresholdIFNode)) and kind != "SnnconvNode":
-        raise ExportError(f"{where} ({kind}): not an integrate-and-fire neuron snnconv can export")
-    v_reset = getattr(mod, "v_reset", None)
-    theta = torch.as_tensor(theta, dtype=torch.float32)
-    v0 = torch.as_tensor(getattr(mod, "v0", 0.0), dtype=torch.float32)
-    if isinstance(mod, sj.HalfThresholdIFNode):
-        v0 = theta / 2
-    v_init = v0 + (1.0 - float(getattr(mod, "fire_at", 1.0))) * theta  # fire at f*theta == start f*theta higher
-    p = getattr(mod, "snnconv_params", None)  # SpikingJelly's IFNode made by our converter: its start potential
-    if p is not None:
-        from .neuron import start_potential
-        v_init = torch.as_tensor(start_potential(p), dtype=torch.float32)
+    v_reset = getattr(mod, "v_reset", None)  # a framework's hard reset; ours is always soft
+    theta = torch.as_tensor(p.theta, dtype=torch.float32)
+    v_init = torch.as_tensor(start_potential(p), dtype=torch.float32)  # fire at f*theta == start f*theta higher
     meta = {"snnconv.fire": ">=", "snnconv.neuron": kind}
     if bool((v_init != 0).any()):
         if soft_reset == "refuse":
@@ -92,12 +86,10 @@ def to_nir(net: nn.Module, input_shape: Sequence[int], soft_reset: str = "annota
     import nir
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from .evaluate import reset
-
     if soft_reset not in ("annotate", "refuse"):
         raise ValueError(f"soft_reset must be 'annotate' or 'refuse', got {soft_reset!r}")
-    gm = _graph(net)
-    multi = _is_multistep(net)
+    gm = graph_of(net)
+    multi = is_multistep(net)
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
     x = torch.zeros((1, 1, *input_shape) if multi else (1, *input_shape), device=dev)
     reset(gm)
@@ -126,8 +118,8 @@ def to_nir(net: nn.Module, input_shape: Sequence[int], soft_reset: str = "annota
         out: Optional[object] = None
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            inner = _unwrap(mod)
-            if _is_spiking(mod):
+            inner = unwrap(mod)
+            if is_spiking(mod):
                 out = _neuron(inner, where, shape(node), soft_reset)
             elif isinstance(inner, nn.Conv2d):
                 if inner.padding_mode != "zeros":

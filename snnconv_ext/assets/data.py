@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..core.files import sha256_file
+
 __all__ = [
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_SHA256",
@@ -106,19 +108,11 @@ def _download_dir(root: str | os.PathLike | None) -> Path:
     return Path(env).expanduser() if env else _cache_dir()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(path: Path, expected: str | None) -> None:
     """Raise ValueError if ``path``'s sha256 differs from ``expected`` (None skips the check)."""
     if expected is None:
         return
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != expected.lower():
         raise ValueError(
             f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}. "

@@ -1,5 +1,7 @@
-"""The recipe's ``calibrate`` step: thresholds, TTRBR's lambda search, and Li et al.'s layer-wise calibration.
+"""The calibration engine: thresholds, TTRBR's lambda search, and Li et al.'s layer-wise calibration passes.
 
+* :func:`calibrate_thresholds` runs calibration data through the ANN and asks each layer's threshold strategy
+  for theta (the ``thresholds`` registry);
 * :func:`calibrate` runs everything a :class:`~snnconv_ext.methods.Method` asks for on the BN-folded fx graph
   of the ANN and returns the neuron parameters per activation; backends then only build their neurons.
 * :func:`search_scale`: thresholds times lambda, lambda chosen from {0.60, ..., 1.60} by accuracy on a few
@@ -42,14 +44,16 @@ import torch.nn.functional as F
 from torch import fx
 from tqdm.auto import tqdm
 
+from ..core.checks import iter_inputs
+from ..core.neuron import CoreNode, NeuronParams, spike_values, value
+from ..core.simulation import run_window
 from . import graph
-from .methods import Method
-from .evaluate import reset
-from .neuron import CoreNode, NeuronParams, spike_values, value
+from . import thresholds as thr
+from .registry import Method
 
 NodeFactory = Callable[[NeuronParams], nn.Module]
 
-__all__ = ["calibrate", "calibrate_layers", "search_scale", "simulator", "valued_node", "LayerReport",
+__all__ = ["calibrate", "calibrate_thresholds", "run_ann", "calibrate_layers", "search_scale", "simulator", "valued_node", "LayerReport",
            "collect", "quantize", "synthesize_inputs", "ann_activations", "PASSES"]
 
 PASSES = ("bias", "weights", "potential", "readout")
@@ -63,17 +67,14 @@ def valued_node(p: NeuronParams, node: Optional[NodeFactory] = None) -> nn.Modul
 
 def _run(z: torch.Tensor, p: NeuronParams, node: Optional[NodeFactory] = None) -> torch.Tensor:
     """Binary spikes of the backend's node for ``p`` over a whole window ``z`` ``[T, ...]`` from a fresh state."""
-    m = (node or CoreNode)(p).to(z.device)
-    if hasattr(m, "reset"):
-        m.reset()
-    return m(z)
+    return run_window((node or CoreNode)(p).to(z.device), z)
 
 
 def _multistep_copy(gm: fx.GraphModule, replace_by: Dict[str, nn.Module]) -> fx.GraphModule:
     """A multi-step copy of ``gm`` sharing its weights, with the modules at ``replace_by``'s targets swapped."""
     sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # submodules by reference: weights are shared
     for target, module in replace_by.items():
-        graph._set_module(sim, target, module)
+        graph.set_module(sim, target, module)
     sim.recompile()
     return graph.to_multistep(sim, tuple({type(m) for m in replace_by.values()}))
 
@@ -82,15 +83,72 @@ def simulator(gm: fx.GraphModule, params: Dict[str, NeuronParams], node: Optiona
               ) -> fx.GraphModule:
     """A multi-step copy of ``gm`` (sharing its weights) with each activation replaced by the backend's node
     and its spike value. It maps ``[T, B, ...]`` to the per-step outputs ``[T, B, classes]`` (sum over T for
-    the logits); reset it (``evaluate.reset``) before each new input."""
+    the logits); run it with ``simulation.run_window``, which resets it first."""
     return _multistep_copy(gm, {t: valued_node(p, node) for t, p in params.items()})
+
+
+def run_ann(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``gm(x)``, turning a shape mismatch inside the model into an error that names the data's shape."""
+    try:
+        return gm(x)
+    except RuntimeError as exc:
+        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: {exc}") from None
+
+
+@torch.no_grad()
+def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: Optional[int] = None,
+                         progress: bool = True) -> Dict[str, NeuronParams]:
+    """Run calibration data through the ANN, feed each activation's input to its threshold strategy,
+    and return the neuron parameters for every activation module (keyed by module target)."""
+    nodes = graph.activation_nodes(gm, method)
+    if not nodes:
+        raise graph.ConversionError(f"no {[a.__name__ for a in method.activations]} activation found to convert")
+    strategies = {n.target: thr.get(method.threshold, **method.threshold_options) for n in nodes}
+    for t, s in strategies.items():
+        s.bind(gm.get_submodule(t))
+    hooks = [gm.get_submodule(t).register_forward_pre_hook(lambda m, a, t=t: strategies[t].observe(a[0]))
+             for t in strategies]
+    device = next(gm.parameters()).device
+    shape = None
+    images = 0
+    try:
+        it = iter_inputs(data, device)
+        for i, x in enumerate(tqdm(it, desc=f"calibrate {method.name}", disable=not progress, leave=False)):
+            shape = tuple(x.shape[1:])
+            images += x.shape[0]
+            run_ann(gm, x)
+            if max_batches is not None and i + 1 >= max_batches:
+                break
+    finally:
+        for h in hooks:
+            h.remove()
+    if images < 2:
+        raise ValueError(f"calibration data holds {images} image; thresholds are statistics of the activations and "
+                         "need at least 2 images (use a few hundred)")
+    params = {}
+    for t, s in strategies.items():
+        try:
+            theta = s.compute()
+        except ValueError as exc:
+            raise ValueError(f"layer {t!r}: {exc}") from None
+        knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
+                     memory=method.memory, amplitude=method.amplitude,
+                     v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
+        # an activation may define the neuron it becomes (atLeakyReLU: its own negative threshold/amplitude)
+        knobs.update(getattr(gm.get_submodule(t), "neuron_knobs", dict)())
+        knobs.update(getattr(s, "knobs", dict)())  # a strategy may set more knobs (datta: amplitude beta, Eq. 8)
+        if getattr(s, "result", None):
+            gm.meta.setdefault("snnconv_thresholds", {})[t] = dict(s.result)
+        params[t] = NeuronParams(**knobs)
+    gm.meta["input_shape"] = shape
+    return params
 
 
 def collect(data: Iterable, n: int, device: torch.device, what: str = "calibration data"
             ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The first ``n`` images (and labels, when the batches carry them) of ``data``, checked for shape and NaN."""
     xs, ys, have = [], [], 0
-    for x, y in graph.iter_inputs(data, device, what, with_labels=True):
+    for x, y in iter_inputs(data, device, what, with_labels=True):
         xs.append(x)
         ys.append(y)
         have += x.shape[0]
@@ -122,8 +180,7 @@ def _snn_accuracy(sim: nn.Module, x: torch.Tensor, labels: torch.Tensor, T: int,
     ok = 0
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
-        reset(sim)
-        out = sim(xb.unsqueeze(0).expand(T, *xb.shape)).sum(0)
+        out = run_window(sim, xb, T).sum(0)
         ok += (out.argmax(-1) == labels[i:i + batch]).sum().item()
     return 100.0 * ok / x.shape[0]
 
@@ -138,7 +195,7 @@ def search_scale(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: torch.T
     nearest 1. Returns (lambda, {lambda: accuracy}).
     """
     if labels is None:
-        labels = graph.run_ann(gm, x).argmax(-1)
+        labels = run_ann(gm, x).argmax(-1)
     scores = {}
     for lam in tqdm(list(grid), desc=f"lambda search T={T}", disable=not progress, leave=False):
         sim = simulator(gm, _scaled(params, float(lam)), node)
@@ -192,7 +249,7 @@ def _owner(gm: fx.GraphModule, act: fx.Node) -> str:
         conv = next((a for a in add.args if isinstance(a, fx.Node) and a.op == "call_module"
                      and isinstance(modules[a.target], graph.LINEAR)), None)
     if conv is None:
-        raise graph.ConversionError(f"{graph._where(act)}: calibration needs this activation's input to come from a "
+        raise graph.ConversionError(f"{graph.describe(act)}: calibration needs this activation's input to come from a "
                                     "conv/linear layer (or a residual sum with one); found "
                                     f"{getattr(node, 'name', node)!r}")
     chain = path + ([add] if add is not None else []) + [conv]
@@ -233,10 +290,6 @@ class LayerReport:
 def _channel_mean(e: torch.Tensor) -> torch.Tensor:
     """mu_c (Eq. 19) also averaged over the batch: ``[B, C, ...]`` -> ``[C]``."""
     return e.transpose(0, 1).reshape(e.shape[1], -1).mean(1)
-
-
-def _as_channel(d: torch.Tensor, sample_dim: int) -> torch.Tensor:
-    return d.reshape(d.shape[0], *([1] * (sample_dim - 1)))
 
 
 def _rel(x: torch.Tensor, s: torch.Tensor) -> float:
@@ -294,7 +347,7 @@ class _Engine:
             for _ in range(int(self.opts.get("bias_iters", 1))):
                 d = _channel_mean(x - s_bar)
                 owner.bias.data += d
-                z = z + _as_channel(d, x.dim() - 1)
+                z = z + thr.as_channel(d, x.dim() - 1)
                 s_bar = self.run(z, p).mean(0)
         if "weights" in self.passes:  # ACP weight calibration (Eqs. 23-24)
             s_in, y = self.store.pop(owner_t)
@@ -367,7 +420,7 @@ def ann_activations(gm: fx.GraphModule, targets: Iterable[str], x: torch.Tensor
     hooks = [gm.get_submodule(t).register_forward_hook(lambda m, i, o, t=t: out.__setitem__(t, o.detach()))
              for t in targets]
     try:
-        logits = graph.run_ann(gm, x)
+        logits = run_ann(gm, x)
     finally:
         for h in hooks:
             h.remove()
@@ -403,7 +456,7 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
         if o in seen:
             raise graph.ConversionError(f"layers {seen[o]!r} and {t!r} are both driven by {o!r}")
         seen[o] = t
-        graph._set_module(gm, o, copy.deepcopy(gm.get_submodule(o)))  # never touch the caller's module
+        graph.set_module(gm, o, copy.deepcopy(gm.get_submodule(o)))  # never touch the caller's module
     params = dict(params)
     ann_out, logits = ann_activations(gm, params, x)  # targets from the ANN before any calibration
     engine = _Engine(gm, params, ann_out, owners, tuple(passes), int(T), opts, progress, node)
@@ -412,7 +465,7 @@ def calibrate_layers(gm: fx.GraphModule, params: Dict[str, NeuronParams], x: tor
         replace_by.update({o: _Capture(o, gm.get_submodule(o), engine.store) for o in owners.values()})
     readout = _readout(gm) if "readout" in passes else None
     if readout is not None:
-        graph._set_module(gm, readout, copy.deepcopy(gm.get_submodule(readout)))
+        graph.set_module(gm, readout, copy.deepcopy(gm.get_submodule(readout)))
         replace_by[readout] = _Capture(readout, gm.get_submodule(readout), engine.store)
     sim = _multistep_copy(gm, replace_by)
     try:
@@ -460,10 +513,10 @@ def _fit_readout(gm: fx.GraphModule, target: str, s_bar: torch.Tensor, logits: t
 
 def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: Optional[int] = None,
               progress: bool = True, node: Optional[NodeFactory] = None) -> Dict[str, NeuronParams]:
-    """Thresholds from ``data`` (``graph.calibrate_thresholds``), then lambda scaling or search, then the
+    """Thresholds from ``data`` (:func:`calibrate_thresholds`), then lambda scaling or search, then the
     method's calibration passes, simulated with the backend's ``node`` factory. Records what it chose in
     ``gm.meta["snnconv_calibration"]``."""
-    params = graph.calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
+    params = calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
     info: Dict = {"method": method.name}
     needs_data = method.scale == "search" or bool(method.calibration)
     if needs_data:

@@ -1,0 +1,77 @@
+"""The conversion order, written once: ANN -> fold BN -> check -> thresholds -> calibration passes -> fold spike
+values -> neurons.
+
+Three stages, each one function, run in this order by :func:`convert_graph` (the snnTorch plugin, ``auto`` through
+the backends) and by SpikingJelly's ``FXConverter`` lifecycle, whose hooks call the same three functions
+(``after_trace`` -> :func:`prepare`, ``calibrate`` -> :func:`set_parameters`, ``replace`` -> :func:`finish`):
+
+1. :func:`prepare`: activation functions back into modules, BatchNorm folded into the layer before it
+   (methods.md "Common ground"), and every node checked (refused by name if the method cannot convert it);
+2. :func:`set_parameters`: thresholds from the calibration data, then the method's lambda scaling/search and
+   calibration passes, simulated with the backend's own nodes (``calibrate.calibrate``);
+3. :func:`finish`: what each spike is worth folded into the next layer's weights (DNISNM Eq. 18), activations
+   replaced by the backend's neurons; ``gm.meta`` records the method and the folding.
+
+A backend supplies two factories: ``sim_node(params)``, a module that runs one layer over a window ``[T, ...]``
+during calibration, and ``neuron(params)``, the neuron the converted network keeps.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, Iterable, Optional
+
+import torch.nn as nn
+from torch import fx
+
+from ..core.checks import as_loader, check_eval
+from ..core.neuron import NeuronParams, spike_values
+from . import graph
+from .calibrate import calibrate
+from .registry import Method
+
+__all__ = ["prepare", "set_parameters", "finish", "convert_graph", "convert_model", "STAGES"]
+
+NodeFactory = Callable[[NeuronParams], nn.Module]
+STAGES = ("prepare", "set_parameters", "finish")
+
+
+def prepare(gm: fx.GraphModule, method: Method) -> fx.GraphModule:
+    """Stage 1: relift traced activation functions, fold BN, refuse what ``method`` cannot convert (naming it)."""
+    gm = graph.fold_bn(graph.relift_activations(gm))
+    graph.check_supported(gm, method)
+    return gm
+
+
+def set_parameters(gm: fx.GraphModule, method: Method, data: Iterable, sim_node: Optional[NodeFactory] = None,
+                   max_batches: Optional[int] = None, progress: bool = True) -> Dict[str, NeuronParams]:
+    """Stage 2: the neuron parameters of every activation (thresholds, then the method's calibration)."""
+    return calibrate(gm, method, as_loader(data), max_batches=max_batches, progress=progress, node=sim_node)
+
+
+def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], neuron: NodeFactory
+           ) -> fx.GraphModule:
+    """Stage 3: binary spikes (spike values folded into weights, or a ``Scale`` where not exact), neurons in place."""
+    folding = graph.fold_spike_values(gm, {t: spike_values(p) for t, p in params.items()})
+    gm = graph.replace_activations(gm, params, neuron)
+    gm.meta["snnconv_method"] = method.name
+    gm.meta["snnconv_folding"] = dict(folding)
+    return gm
+
+
+def convert_graph(gm: fx.GraphModule, method: Method, data: Iterable, neuron: NodeFactory,
+                  sim_node: Optional[NodeFactory] = None, max_batches: Optional[int] = None,
+                  progress: bool = True) -> fx.GraphModule:
+    """The three stages in order on a traced ANN ``gm`` (edited in place)."""
+    gm = prepare(gm, method)
+    params = set_parameters(gm, method, data, sim_node or neuron, max_batches, progress)
+    return finish(gm, method, params, neuron)
+
+
+def convert_model(model: nn.Module, method: Method, data: Iterable, neuron: NodeFactory,
+                  sim_node: Optional[NodeFactory] = None, max_batches: Optional[int] = None,
+                  progress: bool = True) -> fx.GraphModule:
+    """Trace a copy of ``model`` (eval mode) and convert it with :func:`convert_graph`."""
+    if data is None:
+        raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
+    check_eval(model)
+    return convert_graph(graph.trace(copy.deepcopy(model)), method, data, neuron, sim_node, max_batches, progress)

@@ -1,0 +1,137 @@
+"""Spiking nodes of a converted network: which modules spike, in graph order, and what their knobs are.
+
+The core imports no framework. A backend plugin registers its node types here when it loads
+(:func:`register_node_type`): SpikingJelly's ``BaseNode`` (and ``MemoryModule`` as stateful), snnTorch's
+``SpikingNeuron``, each with a reader that returns the node's :class:`~snnconv_ext.core.neuron.NeuronParams`.
+Everything that looks at a converted network (calibration, evaluation, Datta's analysis, fine-tuning, energy,
+analysis, export) finds its nodes with :func:`spiking_modules` and reads their knobs with :func:`params_of`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch import fx
+
+from .neuron import NeuronParams
+
+__all__ = ["register_node_type", "register_stateful", "register_trainer", "is_spiking", "is_stateful", "spiking_modules", "params_of",
+           "graph_of", "unwrap", "is_multistep", "make_trainable", "FinetuneError", "WEIGHTED", "POOLS"]
+
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+         nn.AdaptiveMaxPool2d)
+
+_SPIKING: Dict[type, Optional[Callable[[nn.Module], NeuronParams]]] = {}  # node type -> knob reader
+_STATEFUL: List[type] = []
+_TRAINERS: Dict[type, Callable] = {}  # node type -> fn(net, trainable, surrogate) making a network's nodes trainable
+
+
+class FinetuneError(ValueError):
+    """The network has a spiking layer that cannot be trained."""
+
+
+def register_node_type(kind: type, params: Optional[Callable[[nn.Module], NeuronParams]] = None,
+                       stateful: bool = True) -> None:
+    """Declare ``kind`` (and its subclasses) a spiking node; ``params(node)`` reads its knobs as ``NeuronParams``
+    for nodes that hold none of their own (``params``/``snnconv_params``). ``stateful``: it keeps a state that
+    :func:`snnconv_ext.core.simulation.reset` resets."""
+    _SPIKING[kind] = params
+    if stateful:
+        register_stateful(kind)
+
+
+def register_stateful(kind: type) -> None:
+    """Declare ``kind`` a module with state across time steps (SpikingJelly's ``MemoryModule``)."""
+    if kind not in _STATEFUL:
+        _STATEFUL.append(kind)
+
+
+def register_trainer(kind: type, fn: Callable) -> None:
+    """``fn(net, trainable, surrogate) -> net``: how a backend makes a network whose nodes are ``kind``s trainable."""
+    _TRAINERS[kind] = fn
+
+
+def _is_node(m: nn.Module) -> bool:
+    return isinstance(m, tuple(_SPIKING)) or hasattr(m, "snnconv_params")
+
+
+def is_spiking(mod: nn.Module) -> bool:
+    """A spiking neuron of a registered backend, or a wrapper holding one."""
+    return any(_is_node(m) for m in mod.modules())
+
+
+def is_stateful(mod: nn.Module) -> bool:
+    """A module (or wrapper) with state across time steps."""
+    return any(isinstance(m, tuple(_STATEFUL)) for m in mod.modules())
+
+
+def params_of(node: nn.Module, like: Optional[torch.Tensor] = None) -> NeuronParams:
+    """The core ``NeuronParams`` of one spiking node (ours, or a framework's own class made by our converter),
+    on ``like``'s device and dtype when given. ``TypeError`` naming the class when it carries none."""
+    if callable(getattr(node, "params", None)) and not isinstance(node, nn.Sequential):
+        ref = like if like is not None else next((t for t in node.buffers()), None)
+        if ref is None:
+            ref = next(node.parameters(), torch.zeros(()))
+        return node.params(ref.detach())
+    p = getattr(node, "snnconv_params", None)
+    if p is None:
+        reader = next((r for k, r in _SPIKING.items() if r is not None and isinstance(node, k)), None)
+        if reader is None:
+            raise TypeError(f"{type(node).__name__} carries no snnconv neuron parameters: was it converted by snnconv?")
+        p = reader(node)
+    return p if like is None else p.to(like)
+
+
+def make_trainable(net: nn.Module, trainable, surrogate: str) -> nn.Module:
+    """Make the spiking nodes of ``net`` trainable in place with the trainer its backend registered (fine-tuning)."""
+    found = list(spiking_modules(net).values())
+    for kind, fn in _TRAINERS.items():
+        if any(isinstance(m, kind) for m in found):
+            return fn(net, trainable, surrogate)
+    raise FinetuneError(f"{type(net).__name__} has no spiking nodes to fine-tune (convert it with the spikingjelly "
+                        "backend, whose nodes train)")
+
+
+def unwrap(mod: nn.Module) -> nn.Module:
+    """The layer inside a multi-step wrapper (``graph.SeqModule``, SpikingJelly's ``SeqToANNContainer``)."""
+    while True:
+        if type(mod).__name__ == "SeqModule":
+            mod = mod.module
+        elif type(mod).__name__ in ("SeqToANNContainer", "MultiStepContainer") and len(mod) == 1:
+            mod = mod[0]
+        else:
+            return mod
+
+
+def is_multistep(mod: nn.Module) -> bool:
+    """Whether ``mod`` (or a module inside it) runs in multi-step mode ``[T, B, ...]``."""
+    return any(getattr(m, "step_mode", "s") == "m" for m in mod.modules())
+
+
+class _LeafTracer(fx.Tracer):
+    """Trace a network keeping spiking / stateful modules and multi-step wrappers as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (super().is_leaf_module(m, qualname) or is_spiking(m) or is_stateful(m)
+                or isinstance(m, WEIGHTED + POOLS + (nn.Flatten,)) or type(m).__name__ == "SeqModule")
+
+
+def graph_of(net: nn.Module) -> fx.GraphModule:
+    """The fx graph of a converted network (a ``GraphModule``, one wrapped in ``nn.Sequential``, or traced)."""
+    if isinstance(net, fx.GraphModule):
+        return net
+    inner = [m for m in net.children() if isinstance(m, fx.GraphModule)]
+    if len(inner) == 1 and all(isinstance(m, fx.GraphModule) or (not is_spiking(m) and not list(m.parameters()))
+                               for m in net.children()):
+        return inner[0]
+    return fx.GraphModule(net, _LeafTracer().trace(net))
+
+
+def spiking_modules(net: nn.Module) -> Dict[str, nn.Module]:
+    """The spiking layers of a converted network, by graph target, in graph order."""
+    gm = graph_of(net)
+    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes
+            if n.op == "call_module" and is_spiking(gm.get_submodule(n.target))}
+
