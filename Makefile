@@ -38,7 +38,7 @@ data:
 	  echo "or put the four IDX .gz files in a folder and set SNNCONV_DATA_DIR to it."; exit 1; \
 	fi
 
-# MathJax served from the built book, and headless Chromium for tests/test_book_browser.py.
+# MathJax served from the built book, and headless Chromium for tests/book/test_book_browser.py.
 book-debs:
 	@if [ -f /usr/share/javascript/mathjax/MathJax.js ] && command -v chromium >/dev/null \
 	    && command -v chromedriver >/dev/null; then \
@@ -50,22 +50,22 @@ book-debs:
 	fi
 
 # Main job: each paper's best method beside SpikingJelly's two strongest recipes on the zoo Net4 (full test set) and
-# the BN VGG, T = 1..32 (snnconv_ext/demo.py): marked table, $(OUT)/results.csv and $(OUT)/demo.png.
+# the BN VGG, T = 1..32 (snnconv_ext/app/demo.py): marked table, $(OUT)/results.csv and $(OUT)/demo.png.
 # JOBS benches at once, one process each (default: one per core).
 demo: setup
 	$(BIN)/snnconv demo --out $(OUT) --jobs $(JOBS)
 
 # Every chapter once, through the strict book build (a chapter's failing assert fails it), every unit test (in
 # one single-threaded process beside the chapters, log in _build/unit-tests.log), then the built pages in
-# headless Chromium (tests/test_book_browser.py). Runs all three, fails if any failed.
+# headless Chromium (tests/book/test_book_browser.py). Runs all three, fails if any failed.
 test: setup
 	@mkdir -p _build; status=0; \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=10 --ignore=tests/test_book_browser.py \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=10 --ignore=tests/book/test_book_browser.py \
 	  > _build/unit-tests.log 2>&1 & tests=$$!; \
 	$(MAKE) --no-print-directory book || status=1; \
 	wait $$tests || status=1; \
 	echo "Unit tests (ran beside the chapters):"; cat _build/unit-tests.log; \
-	$(BIN)/python -m pytest tests/test_book_browser.py -q -p no:cacheprovider || status=1; \
+	$(BIN)/python -m pytest tests/book/test_book_browser.py -q -p no:cacheprovider || status=1; \
 	echo "Chapter screenshots: $(CURDIR)/_build/screenshots"; \
 	exit $$status
 

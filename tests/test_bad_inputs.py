@@ -401,12 +401,12 @@ def test_idx_file_with_wrong_hash_reports_both(tmp_path):
     (["bench", "--methods", "max,nope"], "--methods: unknown method 'nope'"),
     (["bench", "--methods", "percentile", "--method-options", "p=150"], "--method-options: method 'percentile': option p=150"),
     (["bench", "--method-options", "samples"], "--method-options: method option 'samples' is not key=value"),
-    (["bench", "--n-calib", "0"], "--n-calib must be >= 1, got 0"),
-    (["bench", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["bench", "--n-calib", "0"], "--n-calib must be an integer >= 1, got 0"),
+    (["bench", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
     (["bench", "--chunk", "x"], "argument --chunk: invalid int value: 'x'"),
     (["train"], "the following arguments are required: --model"),
     (["train", "--model", "nope"], "'nope' is not a zoo entry"),
-    (["train", "--model", "fmnist-net4", "--lr", "-1"], "--lr must be > 0"),
+    (["train", "--model", "fmnist-net4", "--lr", "-1"], "--lr must be a finite number > 0"),
 ])
 def test_cli_misuse_is_one_line_with_status_2(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

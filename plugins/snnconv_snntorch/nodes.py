@@ -9,7 +9,7 @@
 What is reused from ``snn.Leaky``: ``threshold`` (the real threshold, learnable with ``learn_threshold``),
 ``beta`` (the leak, 1 for IF), ``spike_grad`` (the surrogate gradient), ``graded_spikes_factor``, ``init_hidden``
 / ``output``, the ``mem`` state, ``reset_mechanism="subtract"`` with ``reset_delay=False``. What differs, and
-why the update is the core's (``snnconv_ext.neuron.step``): snnTorch fires when ``mem > threshold`` (strict)
+why the update is the core's (``snnconv_ext.core.neuron.step``): snnTorch fires when ``mem > threshold`` (strict)
 while every conversion paper fires at ``v >= theta``, and constant inputs such as 0.5*theta hit the threshold
 exactly; conversion also needs an initial potential ``v0``, firing at a fraction of theta, negative spikes and
 SNM memory, which ``Leaky`` does not have. ``spike_grad`` still supplies the backward pass.

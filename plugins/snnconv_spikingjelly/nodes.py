@@ -38,7 +38,7 @@ class SeqModule(graph.SeqModule, base.StepModule):
 
 
 class SnnconvNode(sj_neuron.BaseNode):
-    """The snnconv neuron family (``snnconv_ext.neuron``) as a SpikingJelly node; step modes ``s`` and ``m``.
+    """The snnconv neuron family (``snnconv_ext.core.neuron``) as a SpikingJelly node; step modes ``s`` and ``m``.
 
     Emits binary spikes (signed: -1/0/+1). ``v_threshold`` holds the real threshold (scalar, per channel or per
     neuron). ``trainable`` names knobs to make ``nn.Parameter``s (``v_threshold``, ``v_threshold_neg``, ``v0``,

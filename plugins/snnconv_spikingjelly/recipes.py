@@ -47,7 +47,7 @@ class SnnconvRecipe(FXConversionRecipe):
                  **options) -> None:
         name = method if method is not None else self.method_name
         if name is None:
-            raise ValueError("SnnconvRecipe needs a method name (see snnconv_ext.methods())")
+            raise ValueError("SnnconvRecipe needs a method name (see snnconv_ext.conversion.registry())")
         if "weight_norm" in options:
             raise TypeError("weight_norm was removed: spikes are always binary now and each layer's spike value "
                             "(amplitude * theta) is folded into the next layer's weights (DNISNM Eq. 18)")

@@ -1,6 +1,6 @@
 """Fine-tuning's SpikingJelly side: every spiking node of a converted network becomes a trainable
 :class:`~snnconv_spikingjelly.nodes.SnnconvNode` with the same knobs. Registered with ``snnconv_ext.core.nodes`` as
-the trainer of ``BaseNode`` networks; ``snnconv_ext.finetune`` (backend-neutral) calls it."""
+the trainer of ``BaseNode`` networks; ``snnconv_ext.conversion.training`` (backend-neutral) calls it."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -31,7 +31,7 @@ SJ_BATCH = 64  # evaluation batch of SpikingJelly's recipes on CPU (fastest in o
 def sj_convert(model: nn.Module, name: str, calib, device: Optional[torch.device] = None,
                progress: bool = True) -> nn.Module:
     """Convert with SpikingJelly's recipe unchanged (``RateCodingRecipe``, or ``LocalThresholdBalancingRecipe``
-    for ``sj-ltb``); return it in multi-step mode (per-step readout, summed by ``snnconv_ext.evaluate``).
+    for ``sj-ltb``); return it in multi-step mode (per-step readout, summed by ``snnconv_ext.core.simulation``).
     ``progress=False`` drops the recipe's calibration progress bar (SpikingJelly's has no off switch)."""
     from spikingjelly.activation_based import ann2snn, functional
 

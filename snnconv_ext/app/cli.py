@@ -15,6 +15,7 @@ from typing import List, Optional
 from ..assets import zoo
 from ..conversion.auto import OPTIONS as AUTO_OPTIONS
 from ..conversion.registry import get, methods
+from ..core.checks import check_timesteps, positive_int, positive_number
 from . import bench, demo, train, tuning
 from .baselines import SJ_RECIPES
 from .bench import parse_options
@@ -58,8 +59,17 @@ def check_out_dir(out: str, option: str = "--out") -> None:
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         v = getattr(args, name, None)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if v is not None and not positive_int(v):
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
+
+
+def parse_timesteps(spec: str) -> list:
+    """``"1,4,16"`` -> ``[1, 4, 16]``, checked by the package's one timesteps validator."""
+    try:
+        return check_timesteps([int(t) for t in spec.split(",")], "--timesteps")
+    except ValueError as exc:
+        raise UsageError(f"--timesteps must be comma-separated integers >= 1, got {spec!r} ({_one_line(exc)})") \
+            from None
 
 
 def _check_bench(args: argparse.Namespace) -> None:
@@ -76,9 +86,7 @@ def _check_bench(args: argparse.Namespace) -> None:
         if name not in SJ_RECIPES and name not in methods() and name != "auto":
             raise UsageError(f"--methods: unknown method {name!r}; ours: {', '.join(methods())}; "
                              f"SpikingJelly's: {', '.join(SJ_RECIPES)}")
-    ts = [t.strip() for t in args.timesteps.split(",")]
-    if not ts or any(not t.isdigit() or int(t) < 1 for t in ts):
-        raise UsageError(f"--timesteps must be comma-separated integers >= 1, got {args.timesteps!r}")
+    parse_timesteps(args.timesteps)
     _positive(args, "n_test", "n_calib", "batch_size", "chunk", "threads")
     try:
         options = parse_options(args.method_options)
@@ -93,10 +101,23 @@ def _check_bench(args: argparse.Namespace) -> None:
 
 def _check_train(args: argparse.Namespace) -> None:
     _positive(args, "epochs", "batch_size", "threads")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.lr is not None and not positive_number(args.lr):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.out is not None:
         check_out_dir(args.out)
+
+
+def _check_finetune(args: argparse.Namespace) -> None:
+    if args.model not in zoo.ENTRIES:
+        raise UsageError(f"--model: unknown zoo model {args.model!r}; known: {', '.join(zoo.names())}")
+    if args.method not in methods():
+        raise UsageError(f"--method: unknown method {args.method!r}; ours: {', '.join(methods())}")
+    _positive(args, "T", "epochs", "batch_size", "max_batches", "calib", "test", "threads")
+    for name in ("lr", "threshold_lr", "max_minutes"):
+        v = getattr(args, name)
+        if v is not None and not positive_number(v):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
+    check_out_dir(args.out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -136,6 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             train.run(args)
             return 0
         if args.cmd == "finetune":
+            _check_finetune(args)
             tuning.run(args)
             return 0
         for name in methods():

@@ -432,7 +432,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``snnconv train`` / ``python -m snnconv_ext.train``."""
+    """Entry point for ``snnconv train`` / ``python -m snnconv_ext.app.train``."""
     parser = argparse.ArgumentParser(prog="snnconv train", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 * :func:`calibrate_thresholds` runs calibration data through the ANN and asks each layer's threshold strategy
   for theta (the ``thresholds`` registry);
-* :func:`calibrate` runs everything a :class:`~snnconv_ext.methods.Method` asks for on the BN-folded fx graph
+* :func:`calibrate` runs everything a :class:`~snnconv_ext.conversion.registry.Method` asks for on the BN-folded fx graph
   of the ANN and returns the neuron parameters per activation; backends then only build their neurons.
 * :func:`search_scale`: thresholds times lambda, lambda chosen from {0.60, ..., 1.60} by accuracy on a few
   calibration batches (Meng et al. 2022, Sec. 4 and 5.5, Tables 8-9).
@@ -27,7 +27,7 @@
 * :func:`synthesize_inputs`: data-free calibration images inverted from the ANN's BN statistics (Sec. 5.7).
 
 Every simulation here runs the backend's own spiking modules (the ``node`` factory a recipe passes: the nodes
-of the converted network, default :class:`~snnconv_ext.neuron.CoreNode`), each followed by a ``graph.Scale`` by
+of the converted network, default :class:`~snnconv_ext.core.neuron.CoreNode`), each followed by a ``graph.Scale`` by
 what its spikes are worth; no backend is imported and there is no second neuron loop.
 """
 from __future__ import annotations

@@ -11,7 +11,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["lossless_latency", "pareto_front", "best_per_T", "curves", "diff_se", "paired_se", "verdict"]
+__all__ = ["lossless_latency", "pareto_front", "best_per_T", "curves", "diff_se", "paired_se", "accuracy",
+           "paired_diff", "verdict"]
 
 
 def lossless_latency(acc: Mapping[int, float], ann: float, tol: float = 1.0) -> Optional[int]:
@@ -76,6 +77,19 @@ def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
                          f"and {tuple(b.shape)}")
     d = a.float() - b.float()
     return 100 * d.std().item() / d.numel() ** 0.5
+
+
+def accuracy(hits: torch.Tensor) -> float:
+    """Accuracy (%) from per-image results (bools, as ``simulation.hits`` gives)."""
+    if hits.numel() == 0:
+        raise ValueError("accuracy: no images")
+    return 100.0 * hits.float().mean().item()
+
+
+def paired_diff(a: torch.Tensor, b: torch.Tensor) -> Tuple[float, float]:
+    """``(accuracy(a) - accuracy(b), paired_se(a, b))`` in pp: a difference measured on the same images and its
+    standard error."""
+    return accuracy(a) - accuracy(b), paired_se(a, b)
 
 
 def verdict(a: float, b: float, n: int, k: float = 2.0) -> str:

@@ -29,7 +29,7 @@ between grid points, which biases first-passage quantities by O(sigma sqrt(dt));
   (``m = (a + b + sqrt((b - a)^2 - 2 sigma^2 dt log U)) / 2``), so the simulation is exact for any ``dt``;
 * ``"shift"``: the Broadie-Glasserman-Kou continuity correction (a discretely monitored barrier behaves like
   the continuous one moved by ``beta sigma sqrt(dt)``, ``beta = -zeta(1/2)/sqrt(2 pi) ~ 0.5826``): the
-  library neuron (:func:`snnconv_ext.neuron.step_`) starts at ``v0 = beta sigma sqrt(dt)``;
+  library neuron (:func:`snnconv_ext.core.neuron.step_`) starts at ``v0 = beta sigma sqrt(dt)``;
   residual bias o(sqrt(dt));
 * ``"none"``: the plain discrete neuron, biased towards fewer spikes / smaller maxima.
 """
@@ -169,6 +169,15 @@ def _steps(T: float, dt: float) -> tuple[int, float]:
     return k, T / k
 
 
+def _grid(correction: str, sigma: float, T: float, dt: float, **positive: float) -> tuple[int, float, float]:
+    """Check a Monte Carlo's arguments; its step count, step and noise scale sigma sqrt(dt) over ``[0, T]``."""
+    if correction not in _CORRECTIONS:
+        raise ValueError(f"correction must be one of {_CORRECTIONS}, got {correction!r}")
+    _check_positive(sigma=float(sigma), **positive)
+    k, dt = _steps(T, dt)
+    return k, dt, sigma * math.sqrt(dt)
+
+
 def _noise_chunks(k: int, n_samples: int, generator: Optional[torch.Generator]):
     for start in range(0, k, _CHUNK):
         yield torch.randn(min(_CHUNK, k - start), n_samples, dtype=torch.float64, generator=generator)
@@ -199,17 +208,13 @@ def simulate_if_noisy(
 
     * ``"bridge"``: a spike whenever the exactly sampled maximum of the path between grid points reaches
       ``theta`` (``floor`` of it over ``theta`` spikes per step; the continuous-time neuron, exact for any dt);
-    * ``"shift"``: the library neuron :func:`snnconv_ext.neuron.step_` with ``v0 = BGK_BETA sigma sqrt(dt)``;
+    * ``"shift"``: the library neuron :func:`snnconv_ext.core.neuron.step_` with ``v0 = BGK_BETA sigma sqrt(dt)``;
     * ``"none"``: the library neuron as is (fires when the grid value reaches ``theta``).
 
     ``"shift"``/``"none"`` fire at most one spike per step, so they need ``u dt, sigma sqrt(dt) << theta``.
     Returns int64 counts of shape ``[n_samples]``.
     """
-    if correction not in _CORRECTIONS:
-        raise ValueError(f"correction must be one of {_CORRECTIONS}, got {correction!r}")
-    _check_positive(sigma=float(sigma), theta=float(theta))
-    k, dt = _steps(T, dt)
-    sd = sigma * math.sqrt(dt)
+    k, dt, sd = _grid(correction, sigma, T, dt, theta=float(theta))
     counts = torch.zeros(n_samples, dtype=torch.float64)
     if correction == "bridge":
         v = torch.zeros(n_samples, dtype=torch.float64)
@@ -251,11 +256,7 @@ def simulate_running_max(
     ``prob_max_exceeds(theta, u, sigma) - prob_max_exceeds(theta, u, sigma, horizon)``, negligible once
     ``horizon >> (theta + sigma^2 / |u|) / |u|``. Returns float64 of shape ``[n_samples]``.
     """
-    if correction not in _CORRECTIONS:
-        raise ValueError(f"correction must be one of {_CORRECTIONS}, got {correction!r}")
-    _check_positive(sigma=float(sigma))
-    k, dt = _steps(horizon, dt)
-    sd = sigma * math.sqrt(dt)
+    k, dt, sd = _grid(correction, sigma, horizon, dt)
     v = torch.zeros(n_samples, dtype=torch.float64)
     mx = torch.zeros(n_samples, dtype=torch.float64)
     for z in _noise_chunks(k, n_samples, generator):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("SNNCONV_BOOK_HTML", ROOT / "_build" / "html"))
 SHOTS = Path(os.environ.get("SNNCONV_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

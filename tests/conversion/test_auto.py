@@ -30,6 +30,7 @@ def picked(trained_cnn, calib):
         return sc.convert(trained_cnn, "auto", calib, T=T, candidates=CANDIDATES, progress=False)
 
 
+@pytest.mark.slow
 def test_heldout_is_a_seeded_subset_of_calib_data(picked, calib):
     rep = picked.meta["snnconv_auto"]
     x, _ = _images(calib)
@@ -42,6 +43,7 @@ def test_heldout_is_a_seeded_subset_of_calib_data(picked, calib):
     assert sorted(idx) == sorted(perm[:len(idx)].tolist())
 
 
+@pytest.mark.slow
 def test_choice_matches_independent_rescoring(picked, trained_cnn, calib):
     rep = picked.meta["snnconv_auto"]
     x, y = _images(calib)
@@ -127,7 +129,7 @@ def test_bad_input(trained_cnn, calib, kw, match):
 
 
 def test_training_mode_is_refused_before_any_forward_pass(calib):
-    from conftest import small_cnn
+    from helpers import small_cnn
     net = small_cnn()  # training mode: a forward pass would move the BN running statistics
     before = net[1].running_mean.clone()
     images = DataLoader(_images(calib)[0], batch_size=128)  # no labels: auto would label them with the ANN
@@ -136,6 +138,7 @@ def test_training_mode_is_refused_before_any_forward_pass(calib):
     assert torch.equal(net[1].running_mean, before)
 
 
+@pytest.mark.slow
 def test_bench_auto_row_per_T():
     from snnconv_ext import bench, cli
     lines = []

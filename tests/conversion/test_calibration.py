@@ -93,6 +93,7 @@ def _logit_error(snn, net, x, T):
     return float((out - ann).pow(2).sum() / ann.pow(2).sum())
 
 
+@pytest.mark.slow
 def test_calibration_brings_held_out_logits_closer_to_the_ann(trained_cnn, calib, digits):
     # Algorithm 2 matches each layer's activations on the calibration images; the check is on images it never
     # saw (the test split): the SNN's mean readout must get closer to the ANN's logits than from the same
@@ -218,6 +219,7 @@ def test_synthesized_inputs_match_bn_statistics(trained_cnn):
         cal.synthesize_inputs(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8), n=4, steps=1)
 
 
+@pytest.mark.slow
 def test_readout_fit_lowers_the_held_out_logit_error(trained_cnn, calib, digits):
     # snnconv's readout pass (beyond Algorithm 2): ridge regression of the last linear layer on the SNN's mean
     # input towards the ANN's logits. On its own fitting data it cannot do worse (ridge); the check is on the
@@ -239,7 +241,7 @@ def test_readout_fit_lowers_the_held_out_logit_error(trained_cnn, calib, digits)
 
 
 def test_calibrated_net_is_the_same_in_both_backends_and_as_a_recipe(trained_cnn, calib, digits):
-    from conftest import run_both_backends
+    from helpers import run_both_backends
     from spikingjelly.activation_based import ann2snn
     from snnconv_spikingjelly import recipes
     from snnconv_snntorch import convert as st_convert

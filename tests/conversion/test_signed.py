@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import snnconv_ext as sc
-from conftest import run_both_backends
+from helpers import run_both_backends
 from snnconv_ext import graph
 from snnconv_ext.core.activations import AtLeakyReLU, StReLU, TReLU
 from snnconv_ext.core.simulation import simulate_net
@@ -82,6 +82,7 @@ def test_signed_network_identical_in_spikingjelly_and_snntorch(strelu_net, calib
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act, method", [(TReLU, "trelu"), (AtLeakyReLU, "atleakyrelu")])
 def test_trelu_and_atleakyrelu_convert_end_to_end(act, method, digits, calib):
     # the paper's two comparison activations (Eqs. 21-22): trained, converted with their own method and simulated;

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(path: Path, name: str):
@@ -64,6 +64,7 @@ def test_report_names_the_failing_cell(report):
     assert report.failing_cell(nb, "KeyboardInterrupt") is None
 
 
+@pytest.mark.slow
 def test_parallel_chapter_runner_fills_the_cache_the_build_reads(tmp_path, report):
     """.ci/run_chapters.py executes each chapter into jupyter-cache; the record matches the chapter's code (so the
     book build executes nothing), keeps each cell's seconds, and a failing chapter is recorded with its cell."""

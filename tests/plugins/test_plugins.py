@@ -9,7 +9,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import ann2snn, functional, neuron as sj_neuron
 
 import snnconv_ext as sc
-from conftest import run_both_backends
+from helpers import run_both_backends
 from snnconv_ext.core.simulation import simulate_net
 from snnconv_ext.core.neuron import NeuronParams, simulate
 from snnconv_snntorch import Neuron as TorchNeuron, convert as to_snntorch

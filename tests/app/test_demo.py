@@ -97,6 +97,7 @@ def test_cli_demo_refuses_a_file_as_out(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_parallel_demo_gives_the_serial_rows(tmp_path):
     """--jobs 2 runs each (model, method) bench in its own spawned process: the same rows, in plan order."""
     plan = (demo.Part("Net4", "fmnist-net4", ("max", "sj-best"), n_test=64),

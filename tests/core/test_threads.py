@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE = "import {first}, {second}, os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
 
 
@@ -22,6 +22,7 @@ def _run(first: str, second: str, **env: str):
     return r.stdout.split()[-1], (int(spin[0]) if spin else None)
 
 
+@pytest.mark.slow
 def test_passive_by_default_and_libgomp_stops_spinning():
     policy, spin = _run("snnconv_ext", "torch")
     assert policy == "PASSIVE"
@@ -31,12 +32,14 @@ def test_passive_by_default_and_libgomp_stops_spinning():
     assert spin == 0 and spin_unset > 0
 
 
+@pytest.mark.slow
 def test_user_setting_wins():
     policy, spin = _run("snnconv_ext", "torch", OMP_WAIT_POLICY="ACTIVE")
     assert policy == "ACTIVE"
     assert spin is None or spin > 0
 
 
+@pytest.mark.slow
 def test_plugin_first_applies_defaults():
     assert _run("snnconv_spikingjelly", "torch")[0] == "PASSIVE"
 
@@ -61,6 +64,7 @@ def _faults(**env: str) -> int:
     return int(r.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_freed_buffers_are_reused_without_page_faults():
     # glibc mmaps every 64 MiB block afresh (16384 faults of 4 KiB each); after import snnconv_ext freed blocks
     # are mostly reused (posix_memalign's padding sometimes needs a new one)

@@ -12,7 +12,7 @@ import snnconv_ext as sc
 from snnconv_ext import data
 from snnconv_ext.core.simulation import simulate_net
 
-from conftest import small_cnn
+from helpers import small_cnn
 
 METHODS = ["percentile", "clipround", "snm", "dni+snm", "lcp"]
 
@@ -101,6 +101,7 @@ def _fmnist_ready() -> bool:
     return "fmnist-net4" in zoo.read_manifest()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _fmnist_ready(), reason="needs Fashion-MNIST and the zoo's fmnist-net4")
 def test_two_bench_runs_give_byte_identical_csv(tmp_path):
     # two separate processes (different hash seeds, run at once) with the same settings and seed

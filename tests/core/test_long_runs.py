@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from snnconv_ext.core.neuron import NeuronParams, init_state, run
@@ -37,6 +38,9 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     materialized = 4096 * B * 2048 * 4 / 2 ** 20
     print(json.dumps({"peak_mib": peak, "materialized_mib": materialized, "longest_window": longest[0]}))
 """)
+
+
+pytestmark = pytest.mark.slow  # the quick loop leaves these out
 
 
 def test_peak_memory_does_not_grow_with_T(record_property):

@@ -74,6 +74,7 @@ def test_refuses_untrainable_layers():
         sc.finetune(net, (x, y), T=2, epochs=1, progress=False)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     # one process on the global batch of 16, in this process, against torchrun with 2 processes of 8 each
     net, x, y = tiny_problem()

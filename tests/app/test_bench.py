@@ -6,6 +6,7 @@ import pytest
 from snnconv_ext import bench, cli
 
 
+@pytest.mark.slow
 def test_bench_writes_csv_and_plot(tmp_path, capsys):
     rc = cli.main(["bench", "--model", "fmnist-net4", "--methods", "percentile,sj-best", "--timesteps", "1,8",
                    "--n-test", "100", "--n-calib", "256", "--out", str(tmp_path), "--no-progress"])
