@@ -50,10 +50,12 @@ book-debs:
 	fi
 
 # Main job: each paper's best method beside SpikingJelly's two strongest recipes on the zoo Net4 (full test set) and
-# the BN VGG, T = 1..32 (snnconv_ext/app/demo.py): marked table, $(OUT)/results.csv and $(OUT)/demo.png.
+# the BN VGG, T = 1..32 (snnconv_ext/app/demo.py): marked table, $(OUT)/results.csv and $(OUT)/demo.png, and
+# $(OUT)/headline.md, copied to book/generated/demo_headline.md: the table the book's landing page includes.
 # JOBS benches at once, one process each (default: one per core).
 demo: setup
 	$(BIN)/snnconv demo --out $(OUT) --jobs $(JOBS)
+	mkdir -p book/generated && cp $(OUT)/headline.md book/generated/demo_headline.md   # the book's landing table
 
 # Every chapter once, through the strict book build (a chapter's failing assert fails it), every unit test (in
 # one single-threaded process beside the chapters, log in _build/unit-tests.log), then the built pages in

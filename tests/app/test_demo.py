@@ -110,3 +110,21 @@ def test_parallel_demo_gives_the_serial_rows(tmp_path):
     assert [(r["model"], r["method"]) for r in parallel[::2]] == [("fmnist-net4", "max"), ("fmnist-net4", "sj-best"),
                                                                   ("fmnist-net4-qcfs4", "qcfs")]
     assert (tmp_path / "results.csv").is_file()
+
+
+def test_headline_is_the_first_net_of_the_run_with_its_date_and_command():
+    md = demo.format_headline(ROWS, NETS, {"a-relu": "all 100 test images"}, minutes=1.5, jobs=2)
+    lines = md.splitlines()
+    assert demo.COMMAND in lines[0] and "1.5 min" in lines[0]
+    import datetime
+    assert datetime.date.today().isoformat() in lines[0]
+    table = [ln for ln in lines if ln.startswith("| `")]
+    assert {ln.split("|")[3].strip(" `") for ln in table} == {"a-relu", "a-ft"}  # net A only, every row of it
+    assert len(table) == 3
+    best = demo.best_rows(ROWS, NETS)
+    for ln in table:
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        method, model = cells[0].strip("`"), cells[2].strip("`")
+        ts = sorted({r["T"] for r in ROWS})
+        for t, c in zip(ts, cells[4:4 + len(ts)]):
+            assert c.startswith("**") == ((model, method, t) in best), (method, t, c)
