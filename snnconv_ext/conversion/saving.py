@@ -25,7 +25,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -186,8 +186,7 @@ def _dump(m: nn.Module, name: str, backends: Set[str]) -> Dict:
     return {"kind": codec.name, "config": to_data(config, where),
             "parameters": to_data(params, where), "buffers": to_data(buffers, where),
             "requires_grad": [k for k, v in params.items() if v is not None and v.requires_grad],
-            "children": {c: _dump(getattr(m, c), f"{name}.{c}", backends) for c in codec.children},
-            "training": m.training}
+            "children": {c: _dump(getattr(m, c), f"{name}.{c}", backends) for c in codec.children}}
 
 
 def _function_name(node: fx.Node) -> str:
@@ -215,7 +214,8 @@ def _dump_graph(gm: fx.GraphModule, backends: Set[str]) -> Dict:
         nodes.append({"name": n.name, "op": n.op, "target": target,
                       "args": to_data(n.args, f"node {n.name!r}"),
                       "kwargs": to_data(dict(n.kwargs), f"node {n.name!r}")})
-    return {"kind": "graph", "nodes": nodes, "order": [n for n, _ in gm.named_modules() if n],
+    return {"kind": "graph", "class_name": type(gm).__name__, "nodes": nodes,
+            "order": [n for n, _ in gm.named_modules() if n],
             "modules": [[t, _dump(gm.get_submodule(t), t, backends)] for t in targets]}
 
 
@@ -257,7 +257,8 @@ def _dump_network(snn: nn.Module) -> Dict:
     else:
         network = {"kind": "sequential", "modules": [[n, _dump(m, n, backends)] for n, m in snn.named_children()]}
     meta = dict(getattr(snn, "meta", None) or {})
-    network.update(meta=to_data(meta, "snn.meta"), training=snn.training, backends=sorted(backends),
+    network.update(meta=to_data(meta, "snn.meta"), backends=sorted(backends),
+                   training=[n for n, m in snn.named_modules() if m.training],  # the modes, surrogates' included
                    attributes={k: snn.__dict__[k] for k in ("step_mode",) if k in snn.__dict__})
     rec = {"model": meta.get("snnconv_model"), "method": meta.get("snnconv_method"),
            "options": meta.get("snnconv_options"), "T": meta.get("snnconv_T"),
@@ -295,8 +296,8 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> D
         raise LoadError(f"load: cannot read {path}: corrupt, truncated or not a safe torch file "
                         f"({type(exc).__name__}: {_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise LoadError(f"load: {path} is not an snnconv network file (sc.save writes those; this holds "
-                        f"{type(state).__name__}{' without format ' + repr(FORMAT) if isinstance(state, dict) else ''})")
+        what = f"a dict without format {FORMAT!r}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise LoadError(f"load: {path} is not an snnconv network file (sc.save writes those); it holds {what}")
     if state.get("version") != FORMAT_VERSION:
         raise LoadError(f"load: {path} has format version {state.get('version')!r}; this snnconv reads version "
                         f"{FORMAT_VERSION} (save the network again with this snnconv)")
@@ -330,9 +331,9 @@ def _check_kinds(spec: Dict, name: str, path: Path) -> None:
         _check_kinds(s, f"{name}.{c}", path)
 
 
-def _build(spec: Dict, name: str, built: List[nn.Module]) -> nn.Module:
+def _build(spec: Dict, name: str) -> nn.Module:
     codec = codec_named(spec["kind"])
-    children = {c: _build(s, f"{name}.{c}", built) for c, s in spec["children"].items()}
+    children = {c: _build(s, f"{name}.{c}") for c, s in spec["children"].items()}
     tensors = {**spec["parameters"], **spec["buffers"]}
     try:
         m = codec.build(from_data(spec["config"]), tensors, children)
@@ -341,8 +342,6 @@ def _build(spec: Dict, name: str, built: List[nn.Module]) -> nn.Module:
     if type(m) is not codec.kind:
         raise ValueError(f"module {name!r}: codec {codec.name!r} built a {type(m).__name__}")
     _put_tensors(m, spec, f"module {name!r} ({codec.name})")
-    m.training = bool(spec["training"])
-    built.append(m)
     return m
 
 
@@ -363,7 +362,7 @@ def _build_graph(net: Dict, modules: Dict[str, nn.Module], path: Path) -> fx.Gra
             raise LoadError(f"load: {path}: node {name!r} has unknown op {op!r}")
         env[name] = g.create_node(op, target, from_data(nd["args"], env), from_data(nd["kwargs"], env), name=name)
     g.lint()
-    gm = fx.GraphModule(modules, g)
+    gm = fx.GraphModule(modules, g, class_name=str(net["class_name"]))
     # fx adds modules in graph order; put them back in the saved network's order (state_dict, parameters())
     rank = {n: i for i, n in enumerate(net["order"])}
     for prefix, m in gm.named_modules():
@@ -386,22 +385,24 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         for backend in net["backends"]:
             if backend not in BACKENDS:
                 raise LoadError(f"load: {path} needs backend {backend!r}; this snnconv has {sorted(BACKENDS)}")
-            plugin(backend)
+            try:
+                plugin(backend)
+            except ImportError as exc:
+                raise LoadError(f"load: {path} needs backend {backend!r}, whose plugin cannot be imported: "
+                                f"{_line(exc)}") from None
         specs = OrderedDict((n, s) for n, s in net["modules"])
         for n, s in specs.items():
             _check_kinds(s, n, path)
-        built: List[nn.Module] = []
-        modules = OrderedDict((n, _build(s, n, built)) for n, s in specs.items())
+        modules = OrderedDict((n, _build(s, n)) for n, s in specs.items())
         if net["kind"] == "graph":
             snn = _build_graph(net, modules, path)
         elif net["kind"] == "sequential":
             snn = nn.Sequential(modules)
         else:
             raise LoadError(f"load: {path}: unknown network kind {net['kind']!r}")
-        restored = {id(m) for m in built}
-        for m in snn.modules():  # the root and fx's intermediate containers
-            if id(m) not in restored:
-                m.training = bool(net["training"])
+        training = set(net["training"])
+        for n, m in snn.named_modules():
+            m.training = n in training
         for k, v in net["attributes"].items():
             if k != "step_mode":
                 raise LoadError(f"load: {path}: unknown network attribute {k!r}")

@@ -17,6 +17,8 @@ from snnconv_ext.core.neuron import NeuronParams
 from snnconv_ext.core.nodes import params_of, spiking_modules
 from snnconv_ext.core.simulation import simulate_net
 
+from helpers import Payload
+
 # Net4 first; then the zoo models for methods that convert other activations (stReLU, Datta's, QCFS, and the
 # Net2 models for tReLU / atLeakyReLU, which have no Net4 version in the zoo)
 ZOO = ["fmnist-net4", "fmnist-net4-strelu", "fmnist-net4-datta", "fmnist-net4-qcfs4", "fmnist-net2-trelu",
@@ -79,14 +81,14 @@ def _same(a, b) -> bool:
 
 def assert_same_network(a: nn.Module, b: nn.Module) -> None:
     """Same classes, weights, knobs, parameters, step modes and meta."""
-    assert isinstance(b, fx.GraphModule) == isinstance(a, fx.GraphModule) and type(b) is not nn.Module
+    assert isinstance(b, fx.GraphModule) == isinstance(a, fx.GraphModule) and type(b).__name__ == type(a).__name__
     assert [(n, type(m)) for n, m in a.named_modules() if n] == [(n, type(m)) for n, m in b.named_modules() if n]
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb) and all(_same(sa[k], sb[k]) for k in sa)
     assert [(n, p.requires_grad) for n, p in a.named_parameters()] == \
            [(n, p.requires_grad) for n, p in b.named_parameters()]
-    assert [(n, getattr(m, "step_mode", None)) for n, m in a.named_modules()] == \
-           [(n, getattr(m, "step_mode", None)) for n, m in b.named_modules()]
+    assert [(n, getattr(m, "step_mode", None), m.training) for n, m in a.named_modules()] == \
+           [(n, getattr(m, "step_mode", None), m.training) for n, m in b.named_modules()]
     na, nb = spiking_modules(a), spiking_modules(b)
     assert list(na) == list(nb) and na
     for name in na:
@@ -156,6 +158,30 @@ def test_residual_graph_round_trips(backend, tmp_path):
     net, _ = round_trip(snn, tmp_path, x[:8])
     calls = [(n.op, n.target) for n in net.graph.nodes]
     assert calls == [(n.op, n.target) for n in snn.graph.nodes]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, backend", [("dni+snm", "spikingjelly"), ("percentile", "snntorch")])
+def test_resnet_round_trips(method, backend, zoo_models, calib, images, tmp_path):
+    """Nested module names (layer1.0.conv1) and residual sums of a zoo ResNet-20."""
+    snn = sc.convert(zoo_models("fmnist-resnet20"), method=method, calib_data=calib, backend=backend, progress=False)
+    round_trip(snn, tmp_path, images[:8])
+
+
+def test_auto_network_round_trips_with_its_report(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    snn = sc.convert(Residual().eval(), "auto", [x], T=2, candidates=["max", "dni"], progress=False)
+    net, _ = round_trip(snn, tmp_path, x[:8])
+    assert net.meta["snnconv_auto"]["chosen"] == net.meta["snnconv_method"]
+
+
+@pytest.mark.cuda
+def test_cuda_network_loads_onto_cuda(zoo_models, calib, images, tmp_path):
+    snn = convert(zoo_models, calib, "dni+snm").cuda()
+    net = sc.load(sc.save(snn, tmp_path / "snn.pt"), map_location="cuda")
+    assert all(t.is_cuda for t in net.state_dict().values())
+    assert torch.equal(outputs(snn, images.cuda()), outputs(net, images.cuda()))
 
 
 def test_single_step_mode_round_trips(zoo_models, calib, images, tmp_path):
@@ -252,17 +278,9 @@ def test_a_state_dict_is_not_our_file(small, tmp_path):
     assert "is not an snnconv network file" in _refused(saving.LoadError, f, lambda: sc.load(f))
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_code_carrying_file_is_refused_and_not_run(tmp_path):
     marker, f = tmp_path / "pwned", tmp_path / "evil.pt"
-    torch.save({"format": saving.FORMAT, "version": saving.FORMAT_VERSION, "network": _Payload(marker)}, f)
+    torch.save({"format": saving.FORMAT, "version": saving.FORMAT_VERSION, "network": Payload(marker)}, f)
     assert "not a safe torch file" in _refused(saving.LoadError, f, lambda: sc.load(f))
     assert not marker.exists()
 
