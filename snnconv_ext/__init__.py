@@ -6,13 +6,14 @@ Quick start::
     ann = sc.zoo.load("fmnist-net4")
     snn = sc.convert(ann, method="percentile", calib_data=sc.data.subset(sc.data.fashion_mnist("train"), 1024))
     acc = sc.evaluate(snn, sc.data.fashion_mnist("test"), timesteps=[8, 16, 32])
+    sc.save(snn, "snn.pt"); snn = sc.load("snn.pt")   # weights_only data, bit-identical outputs
 
 The package is layered; each folder imports only from the folders below it:
 
 * ``core/``: the neuron update, simulation (reset + T steps), spiking nodes, activations, argument checks;
 * ``assets/``: data, model definitions, the zoo;
 * ``conversion/``: method registry, thresholds, graph surgery, calibration, the pipeline, backends, auto,
-  training in the SNN;
+  training in the SNN, saving and loading a converted network;
 * ``study/``: analysis, energy, NIR export, paired comparisons, TTRBR's theory, Datta & Beerel's analysis;
 * ``app/``: the ``snnconv`` command line, bench, demo, training recipes, SpikingJelly's own recipes as baselines.
 
@@ -28,19 +29,21 @@ import importlib as _importlib  # noqa: E402
 
 from .conversion.auto import convert  # noqa: E402
 from .conversion.registry import Method, methods  # noqa: E402
+from .conversion.saving import load, save  # noqa: E402
 from .conversion.training import finetune  # noqa: E402
 from .core.neuron import simulate  # noqa: E402
 from .core.simulation import ann_accuracy, evaluate, hits  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["convert", "evaluate", "hits", "ann_accuracy", "finetune", "methods", "Method", "simulate", "__version__"]
+__all__ = ["convert", "evaluate", "hits", "ann_accuracy", "finetune", "methods", "Method", "simulate", "save", "load",
+           "__version__"]
 
 #: where each module lives: ``snnconv_ext.<name>`` is ``snnconv_ext.<layer>.<name>``
 MODULES = {
     "core": ("neuron", "simulation", "nodes", "activations", "checks", "files"),
     "assets": ("data", "models", "zoo"),
     "conversion": ("registry", "thresholds", "alphabeta", "graph", "calibrate", "pipeline", "backends", "auto",
-                   "training"),
+                   "training", "saving"),
     "study": ("analysis", "energy", "export", "compare", "theory", "datta"),
     "app": ("cli", "bench", "demo", "train", "tuning", "baselines"),
 }

@@ -18,6 +18,7 @@ from snnconv_ext import cli, data, graph, models, thresholds, train, zoo
 from snnconv_ext.core.activations import StReLU
 from snnconv_ext.core.simulation import simulate_net
 from snnconv_ext.core.neuron import simulate
+from helpers import Payload
 
 
 def mlp() -> nn.Module:
@@ -334,20 +335,10 @@ def test_wrong_hash_for_user_checkpoint(tiny_zoo):
         zoo.load_state(f, "net1", expected_sha256="ab" * 32, in_channels=1, image_size=8)
 
 
-class _Payload:
-    """Pickles to 'open(marker, "w")': a checkpoint that runs code when unpickled without weights_only."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_code_carrying_checkpoint_is_refused_and_not_run(tiny_zoo):
     marker = tiny_zoo / "pwned"
     f = tiny_zoo / "tiny.pt"
-    torch.save({"0.weight": _Payload(marker)}, f)
+    torch.save({"0.weight": Payload(marker)}, f)
     _set_sha(tiny_zoo)
     with pytest.raises(ValueError, match="corrupt or not a torch state_dict .*Unpickl"):
         zoo.load("tiny", root=tiny_zoo)

@@ -6,10 +6,12 @@
 >>> snntorch.utils.reset(net)
 >>> logits = sum(net(x) for _ in range(T))                      # each call: one step's output current
 
-Modules: :mod:`.nodes` (the neuron, registered with ``snnconv_ext.core.nodes``), :mod:`.converter` (``convert``).
+Modules: :mod:`.nodes` (the neuron, registered with ``snnconv_ext.core.nodes``), :mod:`.converter` (``convert``),
+:mod:`.saving` (how the neuron is saved and loaded: ``sc.save`` / ``sc.load``).
 """
 import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
 
+from . import saving  # noqa: F401  (registers the neuron's codec for sc.save / sc.load)
 from .converter import convert
 from .nodes import Neuron, Window
 

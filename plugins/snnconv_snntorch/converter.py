@@ -37,5 +37,6 @@ def convert(model: nn.Module, method: str = "percentile", calib_data: Iterable =
     seq = _as_sequential(gm)
     net = seq if seq is not None else gm
     net.step_mode = "s"
-    net.meta = {k: gm.meta.get(k) for k in ("input_shape", "snnconv_method", "snnconv_folding")}
+    net.meta = {k: gm.meta.get(k) for k in ("input_shape", "snnconv_method", "snnconv_folding", "snnconv_options",
+                                          "snnconv_T")}
     return net

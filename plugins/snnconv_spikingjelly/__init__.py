@@ -13,11 +13,11 @@ folded into the weights of the layer that consumes it, or kept in an explicit ``
 is not exact. Networks work in both step modes (``functional.set_step_mode(snn, "s")``).
 
 Modules: :mod:`.nodes` (the neurons), :mod:`.recipes` (the recipes and ``convert``), :mod:`.training` (fine-tuning's
-SpikingJelly side). Importing the package registers its node types and trainer with ``snnconv_ext.core.nodes``.
+SpikingJelly side), :mod:`.saving` (how its nodes are saved and loaded: ``sc.save`` / ``sc.load``). Importing the package registers its node types and trainer with ``snnconv_ext.core.nodes``.
 """
 import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
 
-from . import recipes, training  # noqa: F401  (training registers the trainer)
+from . import recipes, saving, training  # noqa: F401  (training registers the trainer, saving the codecs)
 from .nodes import STATEFUL, TRAINABLE, IFNode, SeqModule, SnnconvNode, TernaryIFNode, node_params, spikingjelly_node
 from .recipes import QCFSRecipe, SnnconvRecipe, convert, recipe_class
 

@@ -294,7 +294,8 @@ def load_state(file: str | os.PathLike, arch: str | nn.Module, act: str = "relu"
 
 def load(name: str, map_location: str | torch.device = "cpu",
          root: str | os.PathLike | None = None) -> nn.Module:
-    """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode."""
+    """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode; ``model.zoo_name`` is ``name``
+    (``sc.convert`` records it in the network's ``meta``, ``sc.save`` in the file)."""
     manifest = read_manifest(root)
     _check_name(name, manifest)
     info = manifest.get(name)
@@ -306,4 +307,6 @@ def load(name: str, map_location: str | torch.device = "cpu",
     state = read_state_dict(file, info["sha256"], map_location,
                             recreate_hint=info.get("command", default_cmd))
     model = models.build(info["arch"], info.get("activation", "relu"), **info.get("arch_kwargs", {}))
-    return _load_into(model.to(map_location), state, file, f"zoo model {name!r} ({info['arch']})")
+    model = _load_into(model.to(map_location), state, file, f"zoo model {name!r} ({info['arch']})")
+    model.zoo_name = name
+    return model

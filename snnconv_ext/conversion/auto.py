@@ -204,11 +204,15 @@ def convert(model: nn.Module, method: str = "percentile", calib_data: Optional[I
     ``options`` override the method's fields (``p=99.99``, ``granularity="channel"``, ``fire_at=0.5`` ...)
     or are backend options (``native=False``, ``max_batches=4``, ``progress=False``). ``method="auto"`` (needs
     ``T=``) picks the best applicable method on held-out calibration images (:func:`convert_auto`).
+    ``snn.meta["snnconv_model"]`` names the zoo model converted (``model.zoo_name``; None for others).
     """
     plugin(backend)  # an unknown backend is refused before any work
     if method == "auto":
-        return convert_auto(model, calib_data, backend=backend, **options)
-    return convert_method(model, method, calib_data, backend=backend, **options)
+        snn = convert_auto(model, calib_data, backend=backend, **options)
+    else:
+        snn = convert_method(model, method, calib_data, backend=backend, **options)
+    snn.meta["snnconv_model"] = getattr(model, "zoo_name", None)
+    return snn
 
 
 def _candidates(model: nn.Module, names: Optional[Sequence[str]]) -> Tuple[List[str], List[Dict]]:

@@ -10,7 +10,7 @@ the backends) and by SpikingJelly's ``FXConverter`` lifecycle, whose hooks call 
 2. :func:`set_parameters`: thresholds from the calibration data, then the method's lambda scaling/search and
    calibration passes, simulated with the backend's own nodes (``calibrate.calibrate``);
 3. :func:`finish`: what each spike is worth folded into the next layer's weights (DNISNM Eq. 18), activations
-   replaced by the backend's neurons; ``gm.meta`` records the method and the folding.
+   replaced by the backend's neurons; ``gm.meta`` records the method, its options, its T and the folding.
 
 A backend supplies two factories: ``sim_node(params)``, a module that runs one layer over a window ``[T, ...]``
 during calibration, and ``neuron(params)``, the neuron the converted network keeps.
@@ -27,7 +27,7 @@ from ..core.checks import as_loader, check_eval
 from ..core.neuron import NeuronParams, spike_values
 from . import graph
 from .calibrate import calibrate
-from .registry import Method
+from .registry import Method, changed_options
 
 __all__ = ["prepare", "set_parameters", "finish", "convert_graph", "convert_model", "STAGES"]
 
@@ -55,6 +55,8 @@ def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], 
     gm = graph.replace_activations(gm, params, neuron)
     gm.meta["snnconv_method"] = method.name
     gm.meta["snnconv_folding"] = dict(folding)
+    gm.meta["snnconv_options"] = changed_options(method)
+    gm.meta["snnconv_T"] = method.T
     return gm
 
 

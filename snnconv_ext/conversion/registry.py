@@ -6,12 +6,12 @@ Adding a paper means adding entries here, not a new pipeline.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch.nn as nn
 
-__all__ = ["Method", "register", "get", "methods", "CALIBRATION_OPTIONS", "CALIBRATION_PASSES"]
+__all__ = ["Method", "register", "get", "methods", "changed_options", "CALIBRATION_OPTIONS", "CALIBRATION_PASSES"]
 
 from ..core.activations import QCFS, AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
 from ..core.checks import is_number, positive_int, positive_number
@@ -142,6 +142,18 @@ def get(name: str, **options) -> Method:
 def methods() -> List[str]:
     """Names of all registered methods."""
     return sorted(_REGISTRY)
+
+
+def changed_options(method: Method) -> Dict:
+    """The fields of ``method`` that differ from the registered method of its name (every field of an unregistered
+    one), activations by class name: the options a conversion was given (recorded in ``snn.meta``)."""
+    base = _REGISTRY.get(method.name)
+    out = {}
+    for f in fields(Method):
+        value = getattr(method, f.name)
+        if f.name not in ("name", "description", "reference") and (base is None or value != getattr(base, f.name)):
+            out[f.name] = [a.__name__ for a in value] if f.name == "activations" else value
+    return out
 
 
 # --- baseline methods (foundation) -------------------------------------------------------------

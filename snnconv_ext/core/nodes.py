@@ -5,10 +5,14 @@ The core imports no framework. A backend plugin registers its node types here wh
 ``SpikingNeuron``, each with a reader that returns the node's :class:`~snnconv_ext.core.neuron.NeuronParams`.
 Everything that looks at a converted network (calibration, evaluation, Datta's analysis, fine-tuning, energy,
 analysis, export) finds its nodes with :func:`spiking_modules` and reads their knobs with :func:`params_of`.
+Saving (``snnconv_ext.conversion.saving``) writes each module of a converted network as data with the
+:class:`Codec` registered for its exact class (:func:`register_codec`): the plugins register their neurons and
+wrappers, the saving module PyTorch's layers.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +21,8 @@ from torch import fx
 from .neuron import NeuronParams
 
 __all__ = ["register_node_type", "register_stateful", "register_trainer", "is_spiking", "is_stateful", "spiking_modules", "params_of",
-           "graph_of", "unwrap", "is_multistep", "make_trainable", "FinetuneError", "WEIGHTED", "POOLS"]
+           "graph_of", "unwrap", "is_multistep", "make_trainable", "FinetuneError", "WEIGHTED", "POOLS", "Codec",
+           "register_codec", "codec_of", "codec_named", "codec_names"]
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -26,6 +31,50 @@ POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgP
 _SPIKING: Dict[type, Optional[Callable[[nn.Module], NeuronParams]]] = {}  # node type -> knob reader
 _STATEFUL: List[type] = []
 _TRAINERS: Dict[type, Callable] = {}  # node type -> fn(net, trainable, surrogate) making a network's nodes trainable
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one module class is written as plain data and rebuilt (``sc.save`` / ``sc.load``).
+
+    ``config(module)`` returns its settings as plain values (numbers, strings, tuples, tensors, dicts of those);
+    its own parameters and persistent buffers, and the submodules named in ``children``, are written by the saver.
+    ``build(config, tensors, children)`` makes a module of the same class and structure from them (the saver then
+    puts the saved tensors in place). ``backend``: the plugin to import before building (None: the core).
+    """
+
+    name: str
+    kind: type
+    config: Callable[[nn.Module], Dict]
+    build: Callable[[Dict, Dict[str, Optional[torch.Tensor]], Dict[str, nn.Module]], nn.Module]
+    children: Tuple[str, ...] = ()
+    backend: Optional[str] = None
+
+
+_CODECS: Dict[str, Codec] = {}  # name -> codec
+
+
+def register_codec(codec: Codec) -> None:
+    """Declare how modules of exactly ``codec.kind`` are saved and loaded (one codec per class and per name)."""
+    for other in _CODECS.values():
+        if other.kind is codec.kind and other.name != codec.name:
+            raise ValueError(f"{codec.kind.__name__} already has the codec {other.name!r}")
+    _CODECS[codec.name] = codec
+
+
+def codec_of(module: nn.Module) -> Optional[Codec]:
+    """The codec registered for ``module``'s exact class (a subclass may differ: it needs its own)."""
+    return next((c for c in _CODECS.values() if type(module) is c.kind), None)
+
+
+def codec_named(name: str) -> Optional[Codec]:
+    """The codec a saved module names, or None."""
+    return _CODECS.get(name)
+
+
+def codec_names() -> List[str]:
+    """Names of every registered codec (the module kinds a file may hold once their backends are loaded)."""
+    return sorted(_CODECS)
 
 
 class FinetuneError(ValueError):
