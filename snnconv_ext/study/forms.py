@@ -81,8 +81,8 @@ def sample_shapes(net: nn.Module, input_shape: Sequence[int]) -> Dict[str, Tuple
     reset(gm)
     try:
         probe.run(x)
-    except ValueError as exc:
-        raise ValueError(f"input_shape {shape}: {exc}") from None
+    except ValueError as exc:  # fx's interpreter appends the node and a trace hint on further lines
+        raise ValueError(f"input_shape {shape}: {str(exc).splitlines()[0]}") from None
     finally:
         reset(gm)
     lead = 2 if multi else 1
