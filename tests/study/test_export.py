@@ -194,8 +194,7 @@ def _sinabs(g, x, single_spike=True, initial=True):
     import sinabs.nir
     from nirtorch.utils import sanitize_name
     from sinabs.activation import SingleSpike
-    with pytest.warns(DeprecationWarning):  # sinabs 2.0.3 uses nirtorch's deprecated load
-        net = sinabs.nir.from_nir(g, batch_size=x.shape[0])
+    net = sinabs.nir.from_nir(g, batch_size=x.shape[0])  # (through nirtorch's deprecated load)
     for name, node in _if_nodes(g).items():
         m = getattr(net, sanitize_name(name))
         assert isinstance(m, sl.IAFSqueeze)
