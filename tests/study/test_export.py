@@ -178,12 +178,7 @@ def _spikingjelly(g, x, soft_reset=True, initial=True):
             v0 = float(np.unique(node.metadata["snnconv.v_init"])[0])
             m.set_reset_value("v", v0)
             m.v = v0
-    outs, state = [], None
-    with torch.no_grad():
-        for _ in range(T_NIR):
-            o, state = net(x, state)
-            outs.append(o)
-    return torch.stack(outs).cumsum(0)
+    return _run_imported(net, x, T_NIR)
 
 
 def _sinabs(g, x, single_spike=True, initial=True):
