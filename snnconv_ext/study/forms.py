@@ -146,14 +146,19 @@ class Synapse(nn.Module):
         return f"kind={self.kind}, weight={tuple(self.weight.shape)}, signed={self.signed}"
 
 
-def _chain(gm: fx.GraphModule, spiking: fx.Node) -> Optional[List[fx.Node]]:
+def _chain(gm: fx.GraphModule, spiking: fx.Node) -> List[fx.Node]:
     """The nodes from a spiking layer to the conv / linear layer that consumes its spikes (that layer last), when
-    only scaling, average pooling, flatten and identities lie between and nothing else reads them; else None."""
+    only scaling, average pooling, flatten and identities lie between and nothing else reads them; [] when the
+    spikes are the network's output; otherwise refused, naming the node."""
     chain, node = [], spiking
     while True:
         if len(node.users) != 1:
-            return None
+            raise ValueError(f"spiking layer {spiking.target!r}: node {node.name!r} feeds {len(node.users)} nodes "
+                             f"({sorted(u.name for u in node.users)}); synaptic_form rewrites single chains from a "
+                             "spiking layer to one conv / linear layer (no residual sums)")
         (node,) = node.users
+        if node.op == "output":
+            return []
         chain.append(node)
         if node.op == "call_module":
             inner = unwrap(gm.get_submodule(node.target))
@@ -164,7 +169,10 @@ def _chain(gm: fx.GraphModule, spiking: fx.Node) -> Optional[List[fx.Node]]:
                 continue
         elif node.op in ("call_function", "call_method") and node.target in (torch.flatten, "flatten"):
             continue
-        return None
+        what = type(unwrap(gm.get_submodule(node.target))).__name__ if node.op == "call_module" else \
+            getattr(node.target, "__name__", str(node.target))
+        raise ValueError(f"spiking layer {spiking.target!r}: node {node.name!r} ({what}) lies between it and the "
+                         "next synaptic layer; synaptic_form folds scaling, average pooling and flatten only")
 
 
 def _factors(mods: List[nn.Module], shape) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -191,7 +199,7 @@ def _synapse(gm: fx.GraphModule, chain: List[fx.Node], shape, signed: bool, wher
     f_pos, f_neg = _factors(mods, shape)
     f_neg = f_pos if f_neg is None else f_neg
     dev = layer.weight.device
-    if pool is not None:
+    if pool is not None and isinstance(layer, nn.Conv2d):  # (a linear layer takes any pooling: its adjoint)
         k, st = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
         if k != st or _pair(pool.padding) != (0, 0) or pool.ceil_mode or len(shape) != 3 \
                 or shape[-2] % k[0] or shape[-1] % k[1]:
@@ -202,8 +210,7 @@ def _synapse(gm: fx.GraphModule, chain: List[fx.Node], shape, signed: bool, wher
         # the weights seen from the spikes: the adjoint of pooling (and flatten) applied to each output's row
         u = torch.zeros(layer.out_features, *shape, dtype=layer.weight.dtype, device=dev, requires_grad=True)
         with torch.enable_grad():
-            z = (F.avg_pool2d(u, pool.kernel_size, pool.stride, 0, False, True, pool.divisor_override)
-                 if pool is not None else u).flatten(1)
+            z = (pool(u) if pool is not None else u).flatten(1)
             (w,) = torch.autograd.grad(z, u, grad_outputs=layer.weight.detach())
         w = w.flatten(1)
         wp, wn = w * f_pos.to(w).flatten(), w * f_neg.to(w).flatten()
@@ -249,7 +256,7 @@ def synaptic_form(net: nn.Module, input_shape: Optional[Sequence[int]] = None) -
         if node.op != "call_module" or not is_spiking(gm.get_submodule(node.target)):
             continue
         chain = _chain(gm, node)
-        if chain is None:
+        if not chain:
             continue
         where = f"layer {chain[-1].target!r} (fed by spiking layer {node.target!r})"
         signed = params_of(gm.get_submodule(node.target)).theta_neg is not None

@@ -1,6 +1,8 @@
-"""NIR export: structure, refusals, and the round trip through snnTorch's NIR importer with its documented
-deviations (IF imported as Leaky(beta=0.9), a (spike, mem) tuple, Flatten over the batch, strict >, and a
-spike skipped while the potential stays above threshold after a reset)."""
+"""NIR: to_nir's structure, refusals and one-line shape errors; the zoo Net4 through SpikingJelly's and sinabs'
+importers with the settings README "NIR: what each consumer needs" gives (cumulative logits within float32
+rounding); from_nir's bit-exact round trip; snnTorch's importer with its documented deviations (IF imported as
+Leaky(beta=0.9), a (spike, mem) tuple, Flatten over the batch, strict >, and a spike skipped while the potential
+stays above threshold after a reset)."""
 import numpy as np
 import pytest
 import torch

@@ -74,3 +74,22 @@ def test_sample_shapes_names_bad_input_shape():
         sample_shapes(net, 28)
     with pytest.raises(ValueError, match=r"^input_shape \(2, 8, 8\): layer '0' \(SeqModule\) cannot take the input: "):
         sample_shapes(net, (2, 8, 8))
+
+
+def test_synaptic_form_refuses_residual_sums_by_name():
+    from snnconv_ext import convert
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.conv2, self.act2 = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), \
+                nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+
+        def forward(self, x):
+            h = self.act(self.conv(x))
+            return self.head(self.act2(self.conv2(h) + h))
+
+    snn = convert(Res().eval(), "max", [torch.rand(8, 1, 8, 8)], progress=False)
+    with pytest.raises(ValueError, match=r"spiking layer 'act': node '.*' feeds 2 nodes .* \(no residual sums\)"):
+        synaptic_form(snn)
