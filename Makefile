@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 "torchaudio==2.11.*"
-	$(BIN)/pip install -q spikingjelly==2.0.0 snntorch==1.0.0 jupyter-book==1.0.4.post1 nbval==0.11.0 ipykernel==6.29.5 nir==1.0.8 nirtorch==2.6 hypothesis==6.170.15 \
+	$(BIN)/pip install -q spikingjelly==2.0.0 snntorch==1.0.0 jupyter-book==1.0.4.post1 nbval==0.11.0 ipykernel==6.29.5 nir==1.0.8 nirtorch==2.6 sinabs==2.0.3 samna==0.48.6 hypothesis==6.170.15 \
 	  selenium==4.51.0
 	$(BIN)/pip install -q -e ".[book,test,nir]"
 	$(BIN)/pip check

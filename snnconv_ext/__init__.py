@@ -44,7 +44,7 @@ MODULES = {
     "assets": ("data", "models", "zoo"),
     "conversion": ("registry", "thresholds", "alphabeta", "graph", "calibrate", "pipeline", "backends", "auto",
                    "training", "saving"),
-    "study": ("analysis", "energy", "export", "compare", "theory", "datta"),
+    "study": ("analysis", "energy", "forms", "export", "compare", "theory", "datta"),
     "app": ("cli", "bench", "demo", "train", "tuning", "baselines"),
 }
 _LAYER = {name: layer for layer, names in MODULES.items() for name in names}

@@ -89,6 +89,15 @@ def test_wrong_input_shape(snn):
         next(simulate_net(snn, torch.rand(2, 5), 4))
 
 
+def test_nir_export_wrong_input_shape_is_one_line(snn, capsys):
+    pytest.importorskip("nir")
+    from snnconv_ext.study.export import to_nir
+    with pytest.raises(ValueError) as err:
+        to_nir(snn, (5,))
+    assert str(err.value) == "input_shape (5,) differs from the network's input shape (4,)"
+    assert capsys.readouterr().err == ""  # no ShapeProp traceback first
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
 def test_wrong_input_dtype(snn, dtype):
     with pytest.raises(TypeError, match=f"input has dtype {dtype}"):

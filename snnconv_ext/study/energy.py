@@ -13,6 +13,10 @@ Per weighted layer (conv / linear) of a converted network:
 * layers fed by the analog input (direct encoding) cost MACs in the SNN too (DNISNM Eq. 26, Datta & Beerel
   Sec. VI-B), ``T`` times by default (the current is recomputed every step; our simulator computes it once).
 
+SpikingJelly's ``SynOpCounter`` counts a conv / matmul only when its input is exactly 0/1, so on a converted
+network it misses every layer fed through average pooling, a ``Scale`` or signed spikes; on
+:func:`snnconv_ext.study.forms.synaptic_form` of the network it counts what ``synops`` counts here.
+
 Energy (pJ per op, :data:`CONSTANTS`): E_ANN = e_mac * MACs; E_SNN = e_mac * analog MACs + e_ac * synops
 (DNISNM Eq. 26; Datta & Beerel Sec. VI-B; stReLU Eqs. 23-24 with e_ac = 77 fJ per SOP).
 """
