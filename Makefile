@@ -56,6 +56,7 @@ book-debs:
 demo: setup
 	$(BIN)/snnconv demo --out $(OUT) --jobs $(JOBS)
 	mkdir -p book/generated && cp $(OUT)/headline.md book/generated/demo_headline.md   # the book's landing table
+	$(BIN)/python .ci/readme_blocks.py   # and the README's copy of it
 
 # Every chapter once, through the strict book build (a chapter's failing assert fails it), every unit test (in
 # one single-threaded process beside the chapters, log in _build/unit-tests.log), then the built pages in

@@ -18,6 +18,7 @@ during calibration, and ``neuron(params)``, the neuron the converted network kee
 from __future__ import annotations
 
 import copy
+import re
 from typing import Callable, Dict, Iterable, Optional
 
 import torch.nn as nn
@@ -77,3 +78,64 @@ def convert_model(model: nn.Module, method: Method, data: Iterable, neuron: Node
         raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
     check_eval(model)
     return convert_graph(graph.trace(copy.deepcopy(model)), method, data, neuron, sim_node, max_batches, progress)
+
+
+def _calls(fn: Callable) -> list:
+    """The conversion functions ``fn`` calls (graph surgery, calibration: modules of ``conversion`` other than the
+    registry), in the order they run (an inner call before the outer one), as (dotted name, function); read from
+    its source."""
+    import ast
+    import inspect
+    import textwrap
+
+    out = []
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
+        if not isinstance(node, ast.Call):
+            continue
+        f, parts = node.func, []
+        while isinstance(f, ast.Attribute):
+            parts.insert(0, f.attr)
+            f = f.value
+        if not isinstance(f, ast.Name):
+            continue
+        obj = fn.__globals__.get(f.id)
+        for p in parts:
+            obj = getattr(obj, p, None)
+        mod = getattr(obj, "__module__", "") or ""
+        if callable(obj) and mod.startswith("snnconv_ext.conversion.") and not mod.endswith(".registry") \
+                and obj is not fn:
+            out.append((node.end_lineno, node.end_col_offset, ".".join([f.id] + parts), obj))
+    return [(name, obj) for _, _, name, obj in sorted(out, key=lambda c: (c[0], c[1]))]
+
+
+def figure() -> str:
+    """The conversion pipeline as text, each box naming the functions a stage calls and their modules, read from
+    the stage functions' source (one level deeper for the calibration engine), so the picture in the README
+    (tests/test_readme.py) stays true."""
+    from ..core import simulation
+
+    def where(obj) -> str:
+        mod = obj.__module__ if obj.__module__ != "__main__" else __spec__.name  # run as python -m
+        return mod.replace("snnconv_ext.", "").replace(".", "/") + ".py"
+
+    def summary(obj) -> str:
+        doc = " ".join((obj.__doc__ or "").replace("``", "").split())
+        return re.sub(r"^Stage \d: ", "", doc.split(". ")[0].rstrip("."))
+
+    lines = ["ANN (eval mode), traced by torch.fx (graph.trace, or SpikingJelly's FXConverter)", "  │"]
+    for i, name in enumerate(STAGES, 1):
+        fn = globals()[name]
+        lines += [f"  ▼  [{i}] {name} ({where(fn)})", f"  │    {summary(fn)}"]
+        for called, obj in _calls(fn):
+            lines.append(f"  │      {called:<36} {where(obj)}")
+            if obj.__module__.endswith(".calibrate"):
+                inner = dict.fromkeys((c, o) for c, o in _calls(obj) if not c.startswith("_"))
+                lines += [f"  │        {c:<34} {where(o)}" for c, o in inner]
+        lines.append("  │")
+    run = (simulation.run_window, simulation.simulate_net, simulation.evaluate)
+    lines += ["  ▼", "SNN ──► " + " / ".join(f.__name__ for f in run) + f" ({where(run[0])}): reset, then T steps"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m snnconv_ext.conversion.pipeline: the README's figure
+    print(figure())
