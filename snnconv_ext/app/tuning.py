@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from ..assets import data, zoo
 from ..conversion.auto import convert
 from ..conversion.registry import get as get_method
-from ..conversion.training import TRAINABLE_DEFAULT, finetune, run_record
+from ..conversion.training import TRAINABLE_DEFAULT, NodeSwapWarning, finetune, run_record
 from ..core.simulation import ann_accuracy, evaluate
 
 __all__ = ["add_arguments", "run", "record", "trainable", "FILES"]
@@ -91,11 +92,19 @@ def run(args) -> Dict:
     if rank == 0:
         res["ann_accuracy"] = ann_accuracy(ann, test)
         res["accuracy_converted"] = evaluate(snn, test, timesteps=[args.T], progress=show)[args.T]
-    info = finetune(snn, train, T=args.T, epochs=args.epochs, lr=args.lr, threshold_lr=args.threshold_lr,
-                    batch_size=args.batch_size, trainable=trainable(args), checkpoint=out / "checkpoint.pt",
-                    resume=args.resume, overwrite=args.overwrite, record=record(args), max_batches=args.max_batches,
-                    seed=args.seed, progress=show, device=device,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", NodeSwapWarning)
+        info = finetune(snn, train, T=args.T, epochs=args.epochs, lr=args.lr, threshold_lr=args.threshold_lr,
+                        batch_size=args.batch_size, trainable=trainable(args), checkpoint=out / "checkpoint.pt",
+                        resume=args.resume, overwrite=args.overwrite, record=record(args),
+                        max_batches=args.max_batches, seed=args.seed, progress=show, device=device,
+                        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    for w in said:  # the node swap as one line of the command's output; anything else as Python shows it
+        if issubclass(w.category, NodeSwapWarning):
+            if rank == 0:
+                print(f"note: {w.message} (--trainable none)")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     res.update(record=info["record"], trainable=info["trainable"], swapped=info["swapped"],
                finetune_seconds=info["seconds"], loss=info["loss"], world_size=info["world_size"],
                batches=info["batches"], batch_size=args.batch_size, lr=args.lr, stopped_by_time=info["stopped_by_time"],

@@ -34,6 +34,13 @@ def test_surrogate_is_datta_rectangle():
     assert torch.allclose(v.grad, inside)
 
 
+def _assert_same_state(net, ref, atol=1e-6):
+    """Every tensor of ``net``'s state_dict equals ``ref``'s (same key) within ``atol``."""
+    ref = ref.state_dict()
+    for k, v in net.state_dict().items():
+        assert torch.allclose(v, ref[k], atol=atol), k
+
+
 def _loss(snn, x, y, T):
     with torch.no_grad():
         return F.cross_entropy(ft.logits(snn, x, T), y).item()
@@ -119,9 +126,7 @@ def test_single_step_network_trains_as_the_multi_step_one():
         torch.manual_seed(0)
         sc.finetune(snn, (x, y), T=3, epochs=2, lr=1e-2, batch_size=16, progress=False)
     assert {m.step_mode for m in single.modules() if hasattr(m, "step_mode")} == {"s"}
-    ref = multi.state_dict()
-    for k, v in single.state_dict().items():
-        assert torch.allclose(v, ref[k], atol=1e-6), k
+    _assert_same_state(single, multi)
 
 
 def test_refuses_untrainable_layers():
@@ -164,9 +169,7 @@ def test_weights_only_keeps_spikingjelly_nodes_and_trains_like_snnconvs_neuron(m
     assert res["swapped"] == [] and res["trainable"] == []
     assert _kinds(native) == [("TernaryIFNode" if method == "strelu" else "IFNode")]
     assert any(not torch.equal(v, start[k]) for k, v in native.state_dict().items())  # it trained
-    ref = ours.state_dict()
-    for k, v in native.state_dict().items():
-        assert torch.allclose(v, ref[k], atol=1e-6), k
+    _assert_same_state(native, ours)
 
 
 def test_training_knobs_announces_the_swap():
@@ -225,3 +228,23 @@ def test_cli_has_finetune(capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--help"])
     assert e.value.code == 0 and "--max-minutes" in capsys.readouterr().out
+
+
+def test_cli_finetune_resume_and_overwrite(tmp_path, capsys):
+    # one run per --out: a second run needs --resume (same settings: it continues) or --overwrite (it starts afresh)
+    import json
+    from snnconv_ext.app.cli import main
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", "fmnist-net4", "--method", "percentile", "--T", "2", "--max-batches", "1",
+            "--test", "50", "--calib", "64", "--trainable", "none", "--out", str(out), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["swapped"] == [] and res["trainable"] == [] and len(res["loss"]) == 1
+    assert res["record"] == {"method": "percentile", "model": "fmnist-net4", "options": {"calib": 64}, "T": 2,
+                             "trainable": [], "surrogate": "datta"}
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["record"] == res["record"]
+    assert main(argv + ["--resume", "--epochs", "2"]) == 0
+    assert len(json.loads((out / "result.json").read_text())["loss"]) == 2  # continued: epoch 1 from the checkpoint
+    assert main(argv + ["--overwrite"]) == 0
+    assert len(json.loads((out / "result.json").read_text())["loss"]) == 1
+    assert "note:" not in capsys.readouterr().out  # weights only: SpikingJelly's IFNodes stay, nothing to announce
