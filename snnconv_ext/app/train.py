@@ -273,6 +273,8 @@ def qcfs(ann: nn.Module, levels: int, train_data: TensorDataset, epochs: int = 1
     training images, fine-tuned (Adam, cosine) for ``epochs``; saved to ``checkpoint`` if given. Convert the
     result with ``method="qcfs"``."""
 
+    _check_fit(ann, train_data, epochs, lr, batch_size, 0.0)
+    check_count(init_images, "qcfs: init_images")
     model = copy.deepcopy(ann).cpu()
     swap_relus(model, lambda: QCFS(levels=levels))
     torch.manual_seed(seed)
