@@ -585,6 +585,13 @@ def test_evaluate_bad_labels(snn, labels, msg):
         sc.ann_accuracy(mlp(), data)
 
 
+def test_finetune_diverging_loss_stops_before_the_weights_turn_nonfinite(fresh_snn):
+    with pytest.raises(ValueError, match=r"finetune: the loss became inf in epoch \d+, batch \d+ \(a learning rate too "
+                                         r"high\?\); this batch updated nothing"):
+        sc.finetune(fresh_snn, _task(), batch_size=8, lr=1e37, epochs=5, trainable=(), progress=False)
+    assert all(torch.isfinite(v).all() for v in fresh_snn.state_dict().values())
+
+
 def test_finetune_data_smaller_than_a_batch(fresh_snn):
     _refused(fresh_snn, r"finetune: train_data holds 32 images, fewer than one batch of 64: lower batch_size, or "
                         "pass drop_last=False to train on the partial batch", batch_size=64)

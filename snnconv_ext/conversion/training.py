@@ -317,8 +317,8 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(logits(model, x, T), y)
             if not torch.isfinite(loss):  # refuse before the step: the weights stay finite
-                raise FloatingPointError(f"finetune: the loss became {float(loss)} in epoch {epoch + 1}, batch {i}; "
-                                         "lower lr")
+                raise ValueError(f"finetune: the loss became {float(loss)} in epoch {epoch + 1}, batch {i} (a "
+                                 "learning rate too high?); this batch updated nothing")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
