@@ -407,6 +407,14 @@ def test_idx_file_with_wrong_hash_reports_both(tmp_path):
     (["train"], "the following arguments are required: --model"),
     (["train", "--model", "nope"], "'nope' is not a zoo entry"),
     (["train", "--model", "fmnist-net4", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["train", "--model", "fmnist-net4", "--alpha-decay", "nan"], "--alpha-decay must be a finite number >= 0, got nan"),
+    (["finetune", "--model", "fmnist-net4", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["finetune", "--model", "fmnist-net4", "--T", "0"], "--T: the number of time steps must be an integer >= 1, got 0"),
+    (["finetune", "--model", "fmnist-net4", "--T", "1.5"], "argument --T: invalid int value: '1.5'"),
+    (["finetune", "--model", "fmnist-net4", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["finetune", "--model", "fmnist-net4", "--batch-size", "-4"], "--batch-size must be an integer >= 1, got -4"),
+    (["finetune", "--model", "fmnist-net4", "--trainable", "v_threshold,bias"], "--trainable: cannot train ['bias']"),
+    (["finetune", "--model", "fmnist-net4", "--device", "gpu"], "--device: 'gpu' is not a torch device"),
 ])
 def test_cli_misuse_is_one_line_with_status_2(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -489,3 +497,260 @@ def test_atomic_save_writes_a_loadable_file(tmp_path):
     zoo.save_atomic({"w": torch.arange(3.0)}, f)
     assert torch.equal(zoo.read_state_dict(f)["w"], torch.arange(3.0))
     assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+# --- fine-tuning and training refuse bad input in one line, before any work ------------------------------------
+
+def _task(n: int = 32, classes: int = 3):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 4, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _refused(snn, match, exc=ValueError, data=None, **kw):
+    """``sc.finetune`` refuses with ``match`` and leaves the network as it was (nothing swapped, nothing trained)."""
+    before = {k: v.clone() for k, v in snn.state_dict().items()}
+    kinds = [type(m) for m in sc.nodes.spiking_modules(snn).values()]
+    with pytest.raises(exc, match=match):
+        sc.finetune(snn, _task() if data is None else data, **{"batch_size": 8, "progress": False, **kw})
+    assert {k: v for k, v in snn.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in snn.state_dict().items())
+    assert [type(m) for m in sc.nodes.spiking_modules(snn).values()] == kinds
+
+
+@pytest.fixture
+def fresh_snn():
+    return sc.convert(mlp(), "max", calib(), progress=False)
+
+
+@pytest.mark.parametrize("T", [1.5, True, "2", 0])
+def test_finetune_bad_T(fresh_snn, T):
+    _refused(fresh_snn, re.escape(f"finetune: T: the number of time steps must be an integer >= 1, got {T!r}"), T=T)
+
+
+@pytest.mark.parametrize("name, value", [("lr", float("nan")), ("lr", 0.0), ("lr", -1.0), ("lr", float("inf")),
+                                         ("lr", "1e-3"), ("threshold_lr", float("nan")), ("max_seconds", -5.0)])
+def test_finetune_bad_rate(fresh_snn, name, value):
+    _refused(fresh_snn, re.escape(f"finetune: {name} must be a finite number > 0, got {value!r}"), **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("epochs", 0), ("epochs", 2.0), ("batch_size", 0), ("batch_size", True),
+                                         ("max_batches", 0)])
+def test_finetune_bad_count(fresh_snn, name, value):
+    _refused(fresh_snn, re.escape(f"finetune: {name} must be an integer >= 1, got {value!r}"), **{name: value})
+
+
+@pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+def test_finetune_nonfinite_images(fresh_snn, value, word):
+    x, y = _task()
+    x[5, 1] = value
+    _refused(fresh_snn, f"finetune: train_data images contains {word}", data=(x, y))
+
+
+def test_finetune_nonfinite_image_in_a_dataset_names_the_batch(fresh_snn):
+    class Images(torch.utils.data.Dataset):  # not a TensorDataset: checked batch by batch, before each step
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return torch.full((4,), float("nan")) if i == 3 else torch.rand(4), 0
+
+    with pytest.raises(ValueError, match=r"finetune: train_data batch 0 images contains NaN"):
+        sc.finetune(fresh_snn, Images(), batch_size=16, progress=False)
+
+
+@pytest.mark.parametrize("labels, msg", [
+    (torch.eye(3)[torch.arange(32) % 3], r"train_data labels have dtype torch.float32; expected integer class "
+                                         r"indices \(one-hot labels: pass y.argmax\(1\)\)"),
+    (torch.eye(3, dtype=torch.long)[torch.arange(32) % 3], r"train_data labels have shape \(32, 3\); expected one "
+                                                           r"class index per image, shape \[B\] \(one-hot labels"),
+    (torch.arange(32) % 3 + 1, r"train_data labels range over 1..3, but the network has 3 outputs: class indices "
+                               r"must be 0..2 \(labels counted from 1\? subtract 1\)"),
+    (torch.arange(16) % 3, r"train_data labels: 16 labels for 32 images"),
+])
+def test_finetune_bad_labels(fresh_snn, labels, msg):
+    _refused(fresh_snn, "finetune: " + msg, data=(_task()[0], labels))
+
+
+@pytest.mark.parametrize("labels, msg", [
+    (torch.eye(3, dtype=torch.long)[torch.arange(8) % 3], r"evaluation labels \(batch 0\) have shape \(8, 3\); "
+                                                          r"expected one class index per image, shape \[B\]"),
+    (torch.arange(8) % 3 + 1, r"evaluation labels range over 1..3, but the network has 3 outputs: class indices "
+                              r"must be 0..2 \(labels counted from 1\? subtract 1\)"),
+])
+def test_evaluate_bad_labels(snn, labels, msg):
+    data = [(torch.rand(8, 4), labels)]
+    with pytest.raises(ValueError, match=msg):
+        sc.evaluate(snn, data, [2], progress=False)
+    with pytest.raises(ValueError, match=msg):
+        sc.ann_accuracy(mlp(), data)
+
+
+def test_finetune_diverging_loss_stops_before_the_weights_turn_nonfinite(fresh_snn):
+    with pytest.raises(ValueError, match=r"finetune: the loss became inf in epoch \d+, batch \d+ \(a learning rate too "
+                                         r"high\?\); this batch updated nothing"):
+        sc.finetune(fresh_snn, _task(), batch_size=8, lr=1e37, epochs=5, trainable=(), progress=False)
+    assert all(torch.isfinite(v).all() for v in fresh_snn.state_dict().values())
+
+
+def test_finetune_data_smaller_than_a_batch(fresh_snn):
+    _refused(fresh_snn, r"finetune: train_data holds 32 images, fewer than one batch of 64: lower batch_size, or "
+                        "pass drop_last=False to train on the partial batch", batch_size=64)
+    res = sc.finetune(fresh_snn, _task(), batch_size=64, drop_last=False, lr=1e-2, progress=False)
+    assert res["batches"] == 1 and res["loss"][0] > 0  # the partial batch trained
+
+
+def test_finetune_images_that_do_not_fit_the_network(fresh_snn):
+    _refused(fresh_snn, r"finetune: train_data images has shape \(1, 5\); the converted model expects \[B, 4\]",
+             data=(torch.rand(32, 5), torch.zeros(32, dtype=torch.long)))
+
+
+def test_finetune_train_data_of_the_wrong_kind(fresh_snn):
+    _refused(fresh_snn, "finetune: train_data must be a map-style Dataset of \\(image, label\\) or a pair of tensors",
+             exc=TypeError, data=[_task()])
+
+
+@pytest.mark.parametrize("trainable, exc, msg", [
+    ("leak", TypeError, "finetune: trainable must be a list of knob names"),
+    (["v_threshold", "bias"], ValueError, r"finetune: trainable: cannot train \['bias'\]; trainable knobs: "),
+])
+def test_finetune_bad_trainable(fresh_snn, trainable, exc, msg):
+    _refused(fresh_snn, msg, exc=exc, trainable=trainable)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_names_the_cause(fresh_snn, tmp_path, capsys, monkeypatch):
+    _refused(fresh_snn, "finetune: device 'cuda': CUDA is not available on this machine", device="cuda")
+    with pytest.raises(ValueError, match="map_location 'cuda': CUDA is not available") as ei:
+        zoo.load("fmnist-net4", map_location="cuda")
+    assert "corrupt" not in str(ei.value)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["finetune", "--model", "fmnist-net4", "--device", "cuda"],
+                 ["train", "--model", "fmnist-net4", "--device", "cuda", "--out", str(tmp_path / "z")],
+                 ["bench", "--device", "cuda"]):
+        assert cli.main(argv) == 2
+        assert "--device 'cuda': CUDA is not available on this machine" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetune_checkpoint_that_is_a_folder(fresh_snn, tmp_path):
+    _refused(fresh_snn, f"finetune: checkpoint '{re.escape(str(tmp_path))}' is a folder, not a file",
+             checkpoint=tmp_path)
+
+
+def test_finetune_resume_without_checkpoint(fresh_snn, tmp_path):
+    _refused(fresh_snn, "finetune: resume=True, but there is no checkpoint", exc=FileNotFoundError,
+             checkpoint=tmp_path / "none.pt", resume=True)
+
+
+def test_train_fit_refuses_bad_data_and_rates():
+    x, y = torch.rand(32, 4), torch.arange(32) % 3
+    model = mlp().train()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for kw, msg in (({"lr": float("nan")}, "train: lr must be a finite number > 0, got nan"),
+                    ({"epochs": 0}, "train: epochs must be an integer >= 1, got 0"),
+                    ({"train_ds": torch.utils.data.TensorDataset(x, y + 1)}, "train: train_data labels range over 1..3"),
+                    ({"train_ds": torch.utils.data.TensorDataset(x * float("nan"), y)},
+                     "train: train_data images contains NaN")):
+        args = {"train_ds": torch.utils.data.TensorDataset(x, y), "epochs": 1, "lr": 1e-3, **kw}
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            train.fit(model, show=False, **args)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+# --- conversion: messages that name the real cause ------------------------------------------------------------------
+
+def test_converting_a_converted_snn(snn):
+    with pytest.raises(graph.ConversionError, match=r"GraphModule is already a converted SNN \(layer '1' is a spiking "
+                                                    r"IFNode\): convert the ANN it came from"):
+        sc.convert(snn, "max", calib(), progress=False)
+
+
+@pytest.mark.parametrize("method, T", [("lcp", 2), ("ttrbr", 2)])
+def test_one_shot_calibration_iterator_for_a_method_that_reads_it_twice(method, T):
+    batches = (torch.rand(16, 4) for _ in range(2))
+    with pytest.raises(ValueError, match=rf"calib_data is a one-shot iterator \(generator\) and method '{method}' "
+                                         r"reads it twice .*: the second pass would find it used up; pass a list"):
+        sc.convert(mlp(), method, batches, T=T, progress=False)
+
+
+def test_custom_autograd_activation_is_not_told_to_use_flatten():
+    class Rect(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    class MyAct(nn.Module):
+        def forward(self, x):
+            return Rect.apply(x)
+
+    with pytest.raises(graph.ConversionError) as ei:
+        sc.convert(nn.Sequential(nn.Linear(4, 8), MyAct(), nn.Linear(8, 3)).eval(), "max", calib(), progress=False)
+    msg = str(ei.value)
+    assert "module '1' (MyAct): unsupported tensor method .clamp(); torch.fx traced into a custom module or autograd " \
+           "function" in msg and "Flatten" not in msg
+
+
+@pytest.mark.parametrize("method, kw, msg", [
+    ("percentile", {"T": 4}, "method 'percentile': option T=4 would be ignored: its thresholds do not depend on T"),
+    ("max", {"p": 99.0}, r"method 'max': option\(s\) \['p'\] do not apply to its 'max' thresholds"),
+])
+def test_options_a_method_would_ignore_are_refused(method, kw, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        sc.convert(mlp(), method, calib(), progress=False, **kw)
+
+
+# --- snnconv finetune / train: files never mix or vanish --------------------------------------------------------
+
+def _finetune_argv(out, *more):
+    return ["finetune", "--model", "fmnist-net4", "--method", "percentile", "--T", "4", "--out", str(out), *more]
+
+
+def test_cli_finetune_keeps_an_earlier_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text("{}")
+    assert cli.main(_finetune_argv(out)) == 2
+    assert f"--out '{out}' holds result.json of an earlier run: --resume continues it, --overwrite replaces it" \
+        in capsys.readouterr().err
+    assert cli.main(_finetune_argv(out, "--resume", "--overwrite")) == 2
+    assert "--resume continues the run in --out, --overwrite replaces it: give one" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"] and (out / "result.json").read_text() == "{}"
+
+
+def test_cli_finetune_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "out.txt"
+    f.write_text("keep me")
+    assert cli.main(_finetune_argv(f)) == 2
+    assert f"--out '{f}' is a file, not a folder" in capsys.readouterr().err
+    assert f.read_text() == "keep me"
+
+
+def test_cli_finetune_resume_without_or_with_another_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_finetune_argv(out, "--resume")) == 2
+    assert f"--resume: there is no checkpoint {out / 'checkpoint.pt'} to continue" in capsys.readouterr().err
+    out.mkdir()
+    rec = {"model": "fmnist-net4", "method": "clipround", "options": {"calib": 1024}, "T": 2,
+           "trainable": ["leak", "v_threshold"], "surrogate": "datta"}
+    torch.save({"model": {}, "optimizer": {}, "epoch": 1, "loss": [1.0], "record": rec}, out / "checkpoint.pt")
+    assert cli.main(_finetune_argv(out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume checkpoint {out / 'checkpoint.pt'}: it was written for T=2, method='clipround', this run " \
+           "is T=4, method='percentile'" in err
+
+
+def test_cli_train_default_out_is_not_the_shipped_zoo(tmp_path, monkeypatch, small_arch):
+    pytest.importorskip("sklearn")
+    mine = tmp_path / "mine"
+    monkeypatch.setenv("SNNCONV_ZOO", str(mine))
+    shipped = {p.name: p.stat().st_mtime_ns for p in zoo.ZOO_DIR.iterdir()}
+    argv = [a for a in _train_argv(tmp_path) if a not in ("--out", str(tmp_path))]
+    assert cli.main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in zoo.ZOO_DIR.iterdir()} == shipped
+    assert sorted(p.name for p in mine.iterdir()) == ["digits-tiny.pt", zoo.MANIFEST_NAME]
+    assert "--out" not in zoo.read_manifest(mine)["digits-tiny"]["command"]
+    assert not zoo.load("digits-tiny").training  # an entry only you trained is found in your folder

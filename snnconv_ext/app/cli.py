@@ -1,8 +1,10 @@
 """``snnconv`` command line: ``bench`` (our methods vs SpikingJelly), ``demo`` (``make demo``), ``train`` (zoo models),
 ``finetune``, ``methods``.
 
-Misuse (a bad option, an unknown model or method, an ``--out`` that cannot be written) ends with exit status 2
-and one line on stderr, before any work starts; ``SNNCONV_DEBUG=1`` shows the traceback instead.
+Misuse (a bad option, an unknown model or method, a device this machine lacks, an ``--out`` that cannot be written
+or holds an earlier run) ends with exit status 2 and one line on stderr, before any work starts; the values are
+checked by the package's validators (``snnconv_ext.core.checks``), so the API and the command line say the same.
+``SNNCONV_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from typing import List, Optional
 
 from ..assets import zoo
 from ..conversion.auto import OPTIONS as AUTO_OPTIONS
+from ..conversion.backends import plugin
 from ..conversion.registry import get, methods
-from ..core.checks import check_timesteps, positive_int, positive_number
+from ..conversion.training import check_resume
+from ..core.checks import (check_count, check_device, check_out_dir, check_rate, check_T, check_timesteps,
+                           check_trainable, is_number)
 from . import bench, demo, train, tuning
 from .baselines import SJ_RECIPES
 from .bench import parse_options
@@ -38,29 +43,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(msg).split()) or type(exc).__name__
 
 
-def check_out_dir(out: str, option: str = "--out") -> None:
-    """Refuse an output folder that is a file or cannot be created/written, without creating anything."""
-    p = Path(out).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise UsageError(f"{option} {out!r} is a file, not a folder")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise UsageError(f"{option} {out!r}: folder is not writable")
-        return
-    parent = p.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {out!r}: {str(parent)!r} is a file, so the folder cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {out!r}: cannot create it, {str(parent)!r} is not writable")
-
-
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         v = getattr(args, name, None)
-        if v is not None and not positive_int(v):
-            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
+        if v is not None:
+            check_count(v, f"--{name.replace('_', '-')}")
+
+
+def _rates(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            check_rate(v, f"--{name.replace('_', '-')}")
 
 
 def parse_timesteps(spec: str) -> list:
@@ -88,6 +82,8 @@ def _check_bench(args: argparse.Namespace) -> None:
                              f"SpikingJelly's: {', '.join(SJ_RECIPES)}")
     parse_timesteps(args.timesteps)
     _positive(args, "n_test", "n_calib", "batch_size", "chunk", "threads")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, "--device")
     try:
         options = parse_options(args.method_options)
         method_options = {k: v for k, v in options.items() if k not in AUTO_OPTIONS}
@@ -100,11 +96,12 @@ def _check_bench(args: argparse.Namespace) -> None:
 
 
 def _check_train(args: argparse.Namespace) -> None:
-    _positive(args, "epochs", "batch_size", "threads")
-    if args.lr is not None and not positive_number(args.lr):
-        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    if args.out is not None:
-        check_out_dir(args.out)
+    _positive(args, "epochs", "batch_size", "threads", "init_images")
+    _rates(args, "lr")
+    if args.alpha_decay is not None and not (is_number(args.alpha_decay) and args.alpha_decay >= 0):
+        raise UsageError(f"--alpha-decay must be a finite number >= 0, got {args.alpha_decay}")
+    check_device(args.device, "--device")
+    check_out_dir(train.out_folder(args))
 
 
 def _check_finetune(args: argparse.Namespace) -> None:
@@ -112,12 +109,26 @@ def _check_finetune(args: argparse.Namespace) -> None:
         raise UsageError(f"--model: unknown zoo model {args.model!r}; known: {', '.join(zoo.names())}")
     if args.method not in methods():
         raise UsageError(f"--method: unknown method {args.method!r}; ours: {', '.join(methods())}")
-    _positive(args, "T", "epochs", "batch_size", "max_batches", "calib", "test", "threads")
-    for name in ("lr", "threshold_lr", "max_minutes"):
-        v = getattr(args, name)
-        if v is not None and not positive_number(v):
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
+    check_T(args.T, "--T")
+    _positive(args, "epochs", "batch_size", "max_batches", "calib", "test", "threads")
+    _rates(args, "lr", "threshold_lr", "max_minutes")
+    plugin("spikingjelly")  # registers the knobs its nodes can train
+    check_trainable(tuning.trainable(args), "--trainable")
+    check_device(args.device, "--device")
     check_out_dir(args.out)
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out, --overwrite replaces it: give one")
+    ckpt = out / "checkpoint.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise UsageError(f"--resume: there is no checkpoint {ckpt} to continue")
+        check_resume(ckpt, tuning.record(args))
+        return
+    earlier = [f for f in tuning.FILES if (out / f).exists()]
+    if earlier and not args.overwrite:
+        raise UsageError(f"--out {args.out!r} holds {', '.join(earlier)} of an earlier run: --resume continues it, "
+                         "--overwrite replaces it, or choose another --out")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -147,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return bench.run(args)
         if args.cmd == "demo":
             _positive(args, "threads")
+            if getattr(args, "device", None) is not None:
+                check_device(args.device, "--device")
             check_out_dir(args.out)
             if args.threads:
                 import torch

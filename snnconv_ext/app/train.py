@@ -1,5 +1,6 @@
 """``snnconv train``: train a zoo model (ReLU ANN) with a recorded, seeded recipe and store the
-weights plus a manifest entry, so ``zoo.load`` can verify and reuse them."""
+weights plus a manifest entry, so ``zoo.load`` can verify and reuse them. The files go to your zoo folder
+(``zoo.user_dir()``) or ``--out``, never into the shipped zoo unless ``--out`` names it."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from tqdm import tqdm
 
 from ..conversion import thresholds
 from ..core.activations import QCFS, Clamp
+from ..core.checks import check_count, check_labels, check_rate, check_training_data, is_number
 from ..assets import data, models, zoo
 
-__all__ = ["add_arguments", "run", "main", "augment_batch", "evaluate", "fit", "init_levels", "swap_relus", "qcfs",
+__all__ = ["add_arguments", "out_folder", "run", "main", "augment_batch", "evaluate", "fit", "init_levels", "swap_relus", "qcfs",
            "DATASETS"]
 
 
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--act", default=None, help="activation name (activations.BY_NAME)")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: auto)")
     parser.add_argument("--out", default=None,
-                        help=f"directory for <model>.pt and manifest.json (default: {zoo.ZOO_DIR})")
+                        help="directory for <model>.pt and manifest.json (default: your zoo folder, $SNNCONV_ZOO or "
+                             "~/.local/share/snnconv/zoo; the shipped zoo only when named here)")
     parser.add_argument("--init", default=None,
                         help="stage II (TTRBR Sec. 4): start from this stage-I checkpoint (zoo name, looked up in "
                              "--out then the zoo, or a .pt path); default: the entry's recipe")
@@ -123,6 +126,11 @@ def evaluate(model: nn.Module, ds: TensorDataset, batch_size: int = 1000) -> flo
     return 100.0 * int(correct) / max(len(y_all), 1)
 
 
+def out_folder(args: argparse.Namespace) -> Path:
+    """Where ``snnconv train`` writes: ``--out``, else your zoo folder (``zoo.user_dir()``), never the shipped zoo."""
+    return Path(args.out).expanduser() if args.out is not None else zoo.user_dir()
+
+
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     """Merge command-line options with the zoo entry's recipe."""
     entry = zoo.ENTRIES.get(args.model)
@@ -145,7 +153,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "init_images": pick(getattr(args, "init_images", None), "init_images", 640),
         "seed": args.seed,
         "data_root": args.data_root,
-        "out": Path(args.out) if args.out is not None else zoo.ZOO_DIR,
+        "out": out_folder(args),
         "device": torch.device(getattr(args, "device", None) or "cpu"),
     }
     if r["optimizer"] is None:  # TTRBR App. D: stage II by SGD with momentum; stage I as before
@@ -175,7 +183,7 @@ def _command(r: dict[str, Any]) -> str:
         argv += ["--init-images", str(r["init_images"])]
     if r["data_root"] is not None:
         argv += ["--data-root", str(r["data_root"])]
-    if Path(r["out"]).resolve() != zoo.ZOO_DIR:
+    if Path(r["out"]).resolve() not in (zoo.ZOO_DIR, zoo.user_dir().resolve()):  # where, not what: no --out
         argv += ["--out", str(r["out"])]
     return shlex.join(argv)
 
@@ -265,6 +273,8 @@ def qcfs(ann: nn.Module, levels: int, train_data: TensorDataset, epochs: int = 1
     training images, fine-tuned (Adam, cosine) for ``epochs``; saved to ``checkpoint`` if given. Convert the
     result with ``method="qcfs"``."""
 
+    _check_fit(ann, train_data, epochs, lr, batch_size, 0.0)
+    check_count(init_images, "qcfs: init_images")
     model = copy.deepcopy(ann).cpu()
     swap_relus(model, lambda: QCFS(levels=levels))
     torch.manual_seed(seed)
@@ -305,11 +315,33 @@ def penalty_shrink(lr: float, alpha_decay: float, steps: int) -> float:
     return a - 1.0
 
 
+def _check_fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float, batch_size: int,
+               alpha_decay: float) -> None:
+    """Refuse, before any work, counts and rates out of range and training data with non-finite images or labels
+    that are not class indices of ``model``'s outputs."""
+    check_count(epochs, "train: epochs")
+    check_rate(lr, "train: lr")
+    check_count(batch_size, "train: batch_size")
+    if not (is_number(alpha_decay) and alpha_decay >= 0):
+        raise ValueError(f"train: alpha_decay must be a finite number >= 0, got {alpha_decay!r}")
+    ds = check_training_data(train_ds, "train: train_data")
+    if len(ds) == 0:
+        raise ValueError("train: train_data is empty")
+    was_training = model.training
+    model.eval()  # one image, BN statistics untouched
+    with torch.no_grad():
+        n_classes = model(ds[0][0].unsqueeze(0).to(next(model.parameters()).device)).shape[-1]
+    model.train(was_training)
+    if isinstance(ds, TensorDataset):
+        check_labels(ds.tensors[1], n_classes, "train: train_data labels")
+
+
 def fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float = 1e-3, batch_size: int = 128,
         augment: str = "none", seed: int = 0, optimizer: str = "adam", alpha_decay: float = 0.0,
         device: torch.device | str = "cpu", show: bool = True, desc: str = "train") -> float:
     """Train ``model`` in place with cross-entropy and a cosine learning rate stepped per batch; Clamp/QCFS levels
     get their own weight-decay group (Adam) or an L2 term (SGD, TTRBR App. D) and stay positive. Returns seconds."""
+    _check_fit(model, train_ds, epochs, lr, batch_size, alpha_decay)
     model.to(device)
     sampler_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
@@ -427,7 +459,8 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     zoo.write_manifest_entry(r["model"], entry, out_dir)
     if show:
         print(f"{r['model']}: test accuracy {acc:.2f}% ({entry['dtype']}; fp32 {acc32:.2f}%), "
-              f"saved {file} ({entry['size_bytes'] / 1e6:.2f} MB) in {train_time:.0f}s of training")
+              f"saved {file} ({entry['size_bytes'] / 1e6:.2f} MB) in {train_time:.0f}s of training; "
+              f"zoo.load({r['model']!r}, root={str(out_dir)!r}) reads it")
     return entry
 
 

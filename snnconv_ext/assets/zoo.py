@@ -1,5 +1,10 @@
 """Pretrained model zoo: the training recipe of every entry (ENTRIES) and checksum-verified loading
-of the checkpoints listed in zoo/manifest.json (written by ``snnconv train``)."""
+of the checkpoints listed in zoo/manifest.json.
+
+Two folders: the shipped zoo (:data:`ZOO_DIR`, read only by default) and your own (:func:`user_dir`:
+``$SNNCONV_ZOO``, else ``$XDG_DATA_HOME/snnconv/zoo`` or ``~/.local/share/snnconv/zoo``), where ``snnconv train``
+writes unless ``--out`` says otherwise. ``load(name)`` reads a shipped entry from the shipped zoo, and any other
+entry from your folder; ``load(name, root=user_dir())`` reads your retrained copy of a shipped entry."""
 
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.checks import check_device
 from ..core.files import save_atomic, sha256_file
 from . import models
 
 ZOO_DIR = Path(__file__).resolve().with_name("zoo")
 MANIFEST_NAME = "manifest.json"
 
-__all__ = ["Entry", "ENTRIES", "ZOO_DIR", "names", "path", "load", "load_state", "read_state_dict",
+__all__ = ["Entry", "ENTRIES", "ZOO_DIR", "user_dir", "names", "path", "load", "load_state", "read_state_dict",
            "read_manifest", "write_manifest_entry", "sha256_file", "save_atomic", "train_command"]
 
 
@@ -177,8 +183,26 @@ def names() -> list[str]:
     return sorted(ENTRIES)
 
 
+def user_dir() -> Path:
+    """Your zoo folder, where ``snnconv train`` writes by default (never the shipped zoo): ``$SNNCONV_ZOO``, else
+    ``$XDG_DATA_HOME/snnconv/zoo`` (``~/.local/share/snnconv/zoo``)."""
+    if os.environ.get("SNNCONV_ZOO"):
+        return Path(os.environ["SNNCONV_ZOO"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base).expanduser() / "snnconv" / "zoo"
+
+
 def _root(root: str | os.PathLike | None) -> Path:
     return Path(root) if root is not None else ZOO_DIR
+
+
+def _find(name: str, root: str | os.PathLike | None) -> Path | None:
+    """Where entry ``name`` is looked up: ``root`` when given; else the shipped zoo for its own entries and
+    :func:`user_dir` for the rest (entries you trained)."""
+    if root is not None or name in read_manifest(ZOO_DIR):
+        return root
+    mine = user_dir()
+    return mine if mine.resolve() != ZOO_DIR and name in read_manifest(mine) else None
 
 
 def read_manifest(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
@@ -235,6 +259,7 @@ def _check_name(name: str, manifest: dict[str, Any]) -> None:
 
 def path(name: str, root: str | os.PathLike | None = None) -> Path:
     """Path of the checkpoint file of zoo entry ``name`` (it may not exist yet)."""
+    root = _find(name, root)
     manifest = read_manifest(root)
     _check_name(name, manifest)
     fname = manifest.get(name, {}).get("file", f"{name}.pt")
@@ -256,6 +281,8 @@ def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
             hint = f" Recreate it with: {recreate_hint}" if recreate_hint else ""
             raise ValueError(f"checksum mismatch for checkpoint {file}: expected sha256 "
                              f"{expected_sha256}, actual {actual}.{hint}")
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location, "map_location")  # else torch.load's CUDA error reads as a corrupt file
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types
@@ -294,8 +321,10 @@ def load_state(file: str | os.PathLike, arch: str | nn.Module, act: str = "relu"
 
 def load(name: str, map_location: str | torch.device = "cpu",
          root: str | os.PathLike | None = None) -> nn.Module:
-    """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode; ``model.zoo_name`` is ``name``
-    (``sc.convert`` records it in the network's ``meta``, ``sc.save`` in the file)."""
+    """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode (from ``root``; by default the shipped
+    zoo, or :func:`user_dir` for an entry only you trained); ``model.zoo_name`` is ``name`` (``sc.convert`` records
+    it in the network's ``meta``, ``sc.save`` in the file)."""
+    root = _find(name, root)
     manifest = read_manifest(root)
     _check_name(name, manifest)
     info = manifest.get(name)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import fx
 from tqdm.auto import tqdm
 
-from ..core.checks import iter_inputs
+from ..core.checks import check_reiterable, iter_inputs
 from ..core.neuron import CoreNode, NeuronParams, spike_values, value
 from ..core.simulation import run_window
 from . import graph
@@ -516,12 +516,15 @@ def calibrate(gm: fx.GraphModule, method: Method, data: Iterable, max_batches: O
     """Thresholds from ``data`` (:func:`calibrate_thresholds`), then lambda scaling or search, then the
     method's calibration passes, simulated with the backend's ``node`` factory. Records what it chose in
     ``gm.meta["snnconv_calibration"]``."""
-    params = calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
-    info: Dict = {"method": method.name}
     needs_data = method.scale == "search" or bool(method.calibration)
     if needs_data:
         if method.T is None:
             raise ValueError(f"method {method.name!r} tunes for a number of time steps: pass T=...")
+        check_reiterable(data, "calib_data", f"method {method.name!r} reads it twice (thresholds, then "
+                         f"{'the lambda search' if method.scale == 'search' else 'calibration'})")
+    params = calibrate_thresholds(gm, method, data, max_batches=max_batches, progress=progress)
+    info: Dict = {"method": method.name}
+    if needs_data:
         device = next(gm.parameters()).device
         copts = dict(method.calibration_options)
         x, labels = collect(data, int(copts.pop("samples", 256)), device)

@@ -30,6 +30,7 @@ STATELESS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.Ada
              nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.MaxPool1d)
 FUNCTIONS = {operator.add, torch.add, torch.flatten, operator.iadd}
 METHODS = {"flatten", "add"}
+RESHAPES = {"view", "reshape", "view_as", "reshape_as", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
 KNOWN_ACTIVATION_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.leaky_relu,
                           F.hardtanh, torch.clamp, F.elu}
 
@@ -200,10 +201,17 @@ def check_supported(gm: fx.GraphModule, method: Method) -> None:
                 raise ConversionError(f"{where}: activation {getattr(node.target, '__name__', node.target)} is called as a "
                                       "function in forward(); use an nn.Module (e.g. nn.ReLU) so it can be replaced by neurons.")
             if node.target not in FUNCTIONS:
-                raise ConversionError(f"{where}: unsupported function {getattr(node.target, '__name__', node.target)!r}.")
+                hint = " (a shape read for view/reshape: use nn.Flatten instead)" if node.target is getattr else ""
+                raise ConversionError(f"{where}: unsupported function "
+                                      f"{getattr(node.target, '__name__', node.target)!r}{hint}.")
         elif node.op == "call_method":
             if node.target not in METHODS:
-                raise ConversionError(f"{where}: unsupported tensor method .{node.target}() (use nn.Flatten instead of view/reshape).")
+                if node.target in RESHAPES:
+                    raise ConversionError(f"{where}: unsupported tensor method .{node.target}() (use nn.Flatten "
+                                          "instead of view/reshape).")
+                raise ConversionError(f"{where}: unsupported tensor method .{node.target}(); torch.fx traced into a "
+                                      "custom module or autograd function, which snnconv cannot turn into neurons: use "
+                                      "the method's activation modules (snnconv methods) and standard layers.")
         elif node.op == "get_attr":
             raise ConversionError(f"{where}: direct use of parameter/buffer {node.target!r} in forward is not supported.")
 

@@ -92,12 +92,18 @@ class Method:
 
     def with_options(self, **options) -> "Method":
         """Copy with fields overridden; ``p``/``granularity``/... go to the threshold strategy, ``samples``/
-        ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and an MMSE strategy."""
+        ``iters``/``lr``/... to the calibration passes, ``T`` to both the method and a strategy tuned for T (MMSE,
+        Datta). Refuses options the method would ignore: ``T`` on a method whose thresholds do not depend on T, a
+        threshold option its strategy does not take. With ``threshold=`` changed, the method's own threshold
+        options carry over where the new strategy takes them."""
+        threshold = options.get("threshold", self.threshold)
+        accepted = thresholds.options(threshold) if threshold in thresholds.names() else None
         topts = dict(self.threshold_options)
+        if accepted is not None and threshold != self.threshold:
+            topts = {k: v for k, v in topts.items() if k in accepted}
+        given = {key: options.pop(key) for key in THRESHOLD_OPTIONS if key in options}
+        topts.update(given)
         copts = dict(self.calibration_options)
-        for key in ("p", "granularity", "cap", "N", "rounding", "loss"):
-            if key in options:
-                topts[key] = options.pop(key)
         for key in CALIBRATION_OPTIONS:
             if key in options:
                 copts[key] = options.pop(key)
@@ -105,14 +111,27 @@ class Method:
             if not positive_int(options["T"]):
                 raise ValueError(f"method {self.name!r}: option T={options['T']!r} is invalid; T (time steps) "
                                  "must be a positive integer")
-            if "T" in topts or options.get("threshold", self.threshold) == "mmse":
+            takes_T = accepted is not None and "T" in accepted
+            tuned = self.T is not None or takes_T or options.get("scale", self.scale) == "search" \
+                or bool(options.get("calibration", self.calibration))
+            if not tuned:
+                raise ValueError(f"method {self.name!r}: option T={options['T']!r} would be ignored: its thresholds do "
+                                 "not depend on T, so convert without T and simulate at any T (methods tuned for T: "
+                                 f"{', '.join(n for n in methods() if _REGISTRY[n].T is not None)})")
+            if takes_T:
                 topts["T"] = options["T"]
         unknown = set(options) - set(self.__dataclass_fields__)
         if unknown:
             raise TypeError(f"method {self.name!r} has no option(s) {sorted(unknown)}")
+        ignored = sorted(set(given) - set(accepted)) if accepted is not None else []
+        if ignored:
+            raise TypeError(f"method {self.name!r}: option(s) {ignored} do not apply to its {threshold!r} thresholds "
+                            f"(their options: {sorted(set(accepted) - {'seed'})})")
         return replace(self, threshold_options=topts, calibration_options=copts, **options)
 
 
+# options forwarded to the threshold strategy (thresholds.get)
+THRESHOLD_OPTIONS = ("p", "granularity", "cap", "N", "rounding", "loss")
 # options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
 CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
 CALIBRATION_PASSES = ("bias", "weights", "potential", "readout")  # calibrate.PASSES

@@ -12,14 +12,15 @@ Strategies are registered by name (:func:`register`) and built with :func:`get`;
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import inspect
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..core.checks import is_number, positive_int
 
 __all__ = ["ThresholdStrategy", "MaxThreshold", "PercentileThreshold", "ActivationBound", "MMSEThreshold", "register",
-           "get", "names", "clip_round", "as_channel", "GRANULARITIES"]
+           "get", "names", "options", "clip_round", "as_channel", "GRANULARITIES"]
 
 GRANULARITIES = ("layer", "channel", "neuron")
 _REGISTRY: Dict[str, Callable[..., "ThresholdStrategy"]] = {}
@@ -47,6 +48,13 @@ def get(name: str, **kwargs) -> "ThresholdStrategy":
 def names() -> List[str]:
     """Registered strategy names."""
     return sorted(_REGISTRY)
+
+
+def options(name: str) -> Tuple[str, ...]:
+    """The keyword options strategy ``name`` takes (its constructor's parameters), e.g. ``("p", "granularity", ...)``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown threshold strategy {name!r}; registered: {sorted(_REGISTRY)}")
+    return tuple(inspect.signature(_REGISTRY[name]).parameters)
 
 
 def _channels_first(z: torch.Tensor) -> torch.Tensor:

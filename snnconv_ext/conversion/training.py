@@ -3,16 +3,28 @@ backpropagation through the T steps with a surrogate gradient, thresholds, leak 
 input encoding (the analog image is the current at every step).
 
 ``finetune(snn, train_data, T=2, epochs=1)`` works on the output of any method (``datta``, ``acp``, ``max``...):
-the backend plugin makes each spiking node trainable with the same knobs (SpikingJelly: an ``SnnconvNode`` with
-threshold and leak as ``nn.Parameter``s, :func:`snnconv_ext.core.nodes.make_trainable`) and Datta's surrogate, dS/dv = 1/theta on 0 <= v <= 2 theta (:class:`DattaSurrogate`; the spike's
-value theta*S then has slope 1 there, "ds'/ds ~ 1 for 0 <= s <= 2 alpha mu"). One checkpoint per epoch (atomic),
-``resume=True`` continues from it; under ``torchrun`` the net is wrapped in DistributedDataParallel (gloo on CPU,
-NCCL on CUDA) with a ``DistributedSampler``, so N processes see the same global batch as one.
+the backend plugin makes each spiking node trainable (:func:`snnconv_ext.core.nodes.make_trainable`) and gives it
+Datta's surrogate, dS/dv = 1/theta on 0 <= v <= 2 theta (:class:`DattaSurrogate`; the spike's value theta*S then has
+slope 1 there, "ds'/ds ~ 1 for 0 <= s <= 2 alpha mu"). With ``trainable=()`` only the weights train and SpikingJelly's
+own ``IFNode``/``TernaryIFNode`` stay; training thresholds or leak (the default) needs a node that holds them as
+``nn.Parameter``s, SpikingJelly's ``SnnconvNode``, and the swap is announced (:class:`NodeSwapWarning`).
+
+Loading a fine-tuned ``state_dict`` into a fresh conversion: convert with the knobs that were trained,
+``sc.convert(ann, method, calib, trainable=info["trainable"])`` (``[]`` for weights only: a plain conversion), then
+``load_state_dict``; the node classes and keys are the same.
+
+Every argument is checked before any work (T, rates, counts, device, data: finite images, integer labels in range,
+at least one full batch or ``drop_last=False``). One checkpoint per epoch (atomic) records what it was trained for
+(:func:`run_record`: method, options, T, trainable knobs, surrogate); ``resume=True`` continues it and refuses, naming
+the difference, a checkpoint written for something else; an existing checkpoint is replaced only with
+``overwrite=True``. Under ``torchrun`` the net is wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA) with a
+``DistributedSampler``, so N processes see the same global batch as one.
 """
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
@@ -20,17 +32,24 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from ..core.checks import check_T, positive_int, positive_number
+from ..core.checks import (check_count, check_device, check_full_batch, check_input, check_labels, check_out_file,
+                           check_rate, check_T, check_trainable, check_training_data)
 from ..core.files import save_atomic
 from ..core.nodes import FinetuneError, make_trainable, params_of, spiking_modules
 from ..core.simulation import run_window
 
-__all__ = ["finetune", "DattaSurrogate", "rect_spike", "prepare", "FinetuneError", "logits", "SURROGATES"]
+__all__ = ["finetune", "DattaSurrogate", "rect_spike", "prepare", "FinetuneError", "NodeSwapWarning", "logits",
+           "run_record", "read_checkpoint", "check_resume", "SURROGATES", "TRAINABLE_DEFAULT"]
 
 SURROGATES = ("datta", "native")
+TRAINABLE_DEFAULT = ("v_threshold", "leak")  # Datta & Beerel Sec. III-B: thresholds and leak train with the weights
+
+
+class NodeSwapWarning(UserWarning):
+    """Fine-tuning replaced spiking nodes by trainable ones (e.g. SpikingJelly's ``IFNode`` by ``SnnconvNode``)."""
 
 
 class _Rect(torch.autograd.Function):
@@ -70,13 +89,31 @@ class DattaSurrogate(nn.Module):
         return "dS/dv = 1/theta on [0, 2 theta] (Datta & Beerel Sec. III-B)"
 
 
-def prepare(snn: nn.Module, trainable: Sequence[str] = ("v_threshold", "leak"), surrogate: str = "datta") -> nn.Module:
+def prepare(snn: nn.Module, trainable: Sequence[str] = TRAINABLE_DEFAULT, surrogate: str = "datta") -> nn.Module:
     """Make every spiking node of ``snn`` trainable in place (the backend's trainer, registered by its plugin):
-    the same neuron with its ``trainable`` knobs as ``nn.Parameter``s, with Datta's surrogate (``"datta"``) or the
-    node's own (``"native"``). Refuses, naming the layer, a network with stateful layers it cannot train."""
+    ``trainable`` knobs become ``nn.Parameter``s (``()``: weights only, the nodes stay what they are), and every node
+    gets Datta's surrogate (``"datta"``) or keeps its own (``"native"``). A node that has to change class for this
+    is announced with a :class:`NodeSwapWarning` naming the layers. Refuses, naming the layer, a network with stateful
+    layers it cannot train."""
+    _make_trainable(snn, trainable, surrogate)
+    return snn
+
+
+def _make_trainable(snn: nn.Module, trainable: Sequence[str], surrogate: str) -> list:
+    """:func:`prepare`; returns the layers whose node was replaced."""
     if surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    return make_trainable(snn, trainable, surrogate)
+    trainable = check_trainable(trainable)
+    before = spiking_modules(snn)
+    make_trainable(snn, trainable, surrogate)
+    after = spiking_modules(snn)
+    swapped = {n: (type(before[n]).__name__, type(m).__name__) for n, m in after.items() if m is not before.get(n)}
+    if swapped:
+        kinds = sorted({f"{a} -> {b}" for a, b in swapped.values()})
+        warnings.warn(f"fine-tuning replaces {len(swapped)} spiking layer(s) {list(swapped)} ({', '.join(kinds)}) to "
+                      f"train {list(trainable)}; trainable=() trains the weights only and keeps the nodes",
+                      NodeSwapWarning, stacklevel=3)
+    return list(swapped)
 
 
 def logits(snn: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -84,12 +121,71 @@ def logits(snn: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
     return run_window(snn, x, T).mean(0)
 
 
-def _dataset(data) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return TensorDataset(*data)
-    raise TypeError(f"train_data must be a Dataset of (image, label) or a pair of tensors, got {type(data).__name__}")
+def _plain(v):
+    """Tuples as lists, recursively: a record compares equal after a round trip through a checkpoint."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def run_record(snn: Optional[nn.Module], T: int, trainable: Sequence[str] = TRAINABLE_DEFAULT,
+               surrogate: str = "datta", record: Optional[Dict] = None) -> Dict:
+    """What a fine-tuning checkpoint is for, and what a resumed run must match: the conversion (the method recorded
+    in ``snn.meta``, and the caller's ``record``, e.g. ``{"model": ..., "method": ..., "options": {...}}``), ``T``,
+    the trained knobs and the surrogate."""
+    method = (getattr(snn, "meta", None) or {}).get("snnconv_method") if snn is not None else None
+    out = {"method": method} if method is not None else {}
+    out.update(record or {})
+    out.update(T=int(T), trainable=sorted(trainable), surrogate=surrogate)
+    return _plain(out)
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict:
+    """A fine-tuning checkpoint (``weights_only``), checked to hold what :func:`finetune` writes."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors come in many types
+        raise ValueError(f"cannot read checkpoint {path}: corrupt or not a fine-tuning checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    need = ("model", "optimizer", "epoch", "loss")
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (it lacks "
+                         f"{[k for k in need if not isinstance(state, dict) or k not in state]})")
+    if not isinstance(state.get("record"), dict):
+        raise ValueError(f"checkpoint {path} records nothing about the run that wrote it (an older snnconv), so it "
+                         "cannot be checked against this one: start afresh (overwrite=True, --overwrite)")
+    return state
+
+
+def check_resume(path: Union[str, Path], record: Dict) -> Dict:
+    """The checkpoint at ``path`` if it was written for ``record`` (:func:`run_record`); otherwise one line naming
+    each difference."""
+    state = read_checkpoint(path)
+    old, new = state["record"], _plain(record)
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"cannot resume checkpoint {path}: it was written for "
+                         f"{', '.join(f'{k}={old.get(k)!r}' for k in diff)}, this run is "
+                         f"{', '.join(f'{k}={new.get(k)!r}' for k in diff)}; resume with the same settings, or start "
+                         "afresh elsewhere or with overwrite=True (--overwrite)")
+    return state
+
+
+def _classes(snn: nn.Module, ds, device: torch.device) -> int:
+    """The number of outputs of ``snn``, from one step of the first training image (which must fit the network)."""
+    x0 = ds[0][0]
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"finetune: train_data yields {type(x0).__name__} images; expected tensors")
+    check_input(x0.unsqueeze(0), (getattr(snn, "meta", None) or {}).get("input_shape"), "finetune: train_data images")
+    try:
+        with torch.no_grad():
+            return int(logits(snn, x0.unsqueeze(0).to(device), 1).shape[-1])
+    except RuntimeError as exc:
+        raise ValueError(f"finetune: train_data images of shape {tuple(x0.shape)} do not fit the network: "
+                         f"{str(exc).splitlines()[0]}") from None
 
 
 def _project(nodes: Iterable[nn.Module]) -> None:
@@ -114,37 +210,71 @@ def _elapsed(t0: float, distributed: bool, device: torch.device) -> float:
 
 
 def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float = 1e-4, batch_size: int = 64,
-             threshold_lr: Optional[float] = None, trainable: Sequence[str] = ("v_threshold", "leak"),
+             threshold_lr: Optional[float] = None, trainable: Sequence[str] = TRAINABLE_DEFAULT,
              surrogate: str = "datta", checkpoint: Optional[Union[str, Path]] = None, resume: bool = False,
-             max_batches: Optional[int] = None, max_seconds: Optional[float] = None, seed: int = 0,
-             progress: bool = True, device: Optional[torch.device] = None) -> Dict:
+             overwrite: bool = False, max_batches: Optional[int] = None, max_seconds: Optional[float] = None,
+             seed: int = 0, drop_last: bool = True, record: Optional[Dict] = None, progress: bool = True,
+             device: Optional[torch.device] = None) -> Dict:
     """Fine-tune a converted network in place for ``T`` steps with cross-entropy on the mean readout (Adam, ``lr``;
-    thresholds/leak at ``threshold_lr``, default lr; dropout layers stay off). ``max_seconds`` ends training when that much time has passed
-    (the interrupted epoch then counts as done in the checkpoint). Returns {"loss": [per epoch], "seconds": ..., ...}.
+    thresholds/leak at ``threshold_lr``, default lr; dropout layers stay off).
+
+    ``train_data``: a map-style Dataset of (image, label) or a pair of tensors; labels are integer class indices.
+    ``trainable``: the neuron knobs that train with the weights (``()``: weights only, SpikingJelly's own nodes
+    stay). ``drop_last=False`` trains on the last, partial batch too (needed when the data is smaller than one batch).
+    ``checkpoint``: written after every epoch with :func:`run_record` (``record`` adds e.g. the model name);
+    ``resume=True`` continues it (it must exist and match), ``overwrite=True`` replaces an existing one.
+    ``max_seconds`` ends training when that much time has passed (the interrupted epoch then counts as done in
+    the checkpoint). Returns {"loss": [per epoch], "seconds": ..., "trainable": ..., "swapped": [layers], ...}.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes ``batch_size / world`` images of every global batch.
     """
-    check_T(T, "finetune: T")
-    if not (positive_int(epochs) or epochs == 0) or isinstance(epochs, bool):
-        raise ValueError(f"finetune: epochs must be an integer >= 0, got {epochs!r}")
-    for name, rate in (("lr", lr), ("threshold_lr", threshold_lr)):
-        if rate is not None and not positive_number(rate):
-            raise ValueError(f"finetune: {name} must be a finite number > 0, got {rate!r}")
-    if not positive_int(batch_size):
-        raise ValueError(f"finetune: batch_size must be an integer >= 1, got {batch_size!r}")
-    ds = _dataset(train_data)
-    prepare(snn, trainable, surrogate)
-    device = torch.device(device) if device is not None else next(snn.parameters()).device
-    snn.to(device)
+    T = check_T(T, "finetune: T")
+    check_count(epochs, "finetune: epochs")
+    check_rate(lr, "finetune: lr")
+    if threshold_lr is not None:
+        check_rate(threshold_lr, "finetune: threshold_lr")
+    check_count(batch_size, "finetune: batch_size")
+    if max_batches is not None:
+        check_count(max_batches, "finetune: max_batches")
+    if max_seconds is not None:
+        check_rate(max_seconds, "finetune: max_seconds")
+    check_count(seed, "finetune: seed", minimum=0)
+    if surrogate not in SURROGATES:
+        raise ValueError(f"finetune: surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    trainable = check_trainable(trainable, "finetune: trainable")
+    first = next(snn.parameters(), None)
+    device = check_device(device, "finetune: device") if device is not None else \
+        (first.device if first is not None else torch.device("cpu"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % world:
+        raise ValueError(f"finetune: batch_size {batch_size} must be divisible by the number of processes {world}")
+    ds = check_training_data(train_data, "finetune: train_data")
+    check_full_batch(len(ds), batch_size, drop_last, "finetune: train_data")
+    n_classes = _classes(snn, ds, first.device if first is not None else torch.device("cpu"))
+    checked = isinstance(ds, TensorDataset)
+    if checked:  # tensors are checked whole before any work; other Datasets batch by batch below
+        check_labels(ds.tensors[1], n_classes, "finetune: train_data labels")
+    rec = run_record(snn, T, trainable, surrogate, record)
+    ckpt = check_out_file(checkpoint, "finetune: checkpoint") if checkpoint is not None else None
+    state = None
+    if resume:
+        if ckpt is None:
+            raise ValueError("finetune: resume=True needs checkpoint=<path of the checkpoint to continue>")
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"finetune: resume=True, but there is no checkpoint {ckpt} to continue")
+        state = check_resume(ckpt, rec)
+    elif ckpt is not None and ckpt.exists() and not overwrite:
+        raise FileExistsError(f"finetune: checkpoint {ckpt} exists: resume=True continues it, overwrite=True "
+                              "replaces it")
+
+    swapped = _make_trainable(snn, trainable, surrogate)
+    snn.to(device)
     distributed = world > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if distributed else 0
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world}")
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(ds, batch_size=batch_size // world, sampler=sampler, drop_last=True)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+    loader = DataLoader(ds, batch_size=batch_size // world, sampler=sampler, drop_last=drop_last)
     nodes = list(spiking_modules(snn).values())
     knob_ids = {id(p) for m in nodes for p in m.parameters(recurse=False)}
     weights = [p for p in snn.parameters() if id(p) not in knob_ids]
@@ -152,11 +282,12 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     opt = torch.optim.Adam([{"params": weights, "lr": lr},
                             {"params": knobs, "lr": threshold_lr if threshold_lr is not None else lr}])
     start, history = 0, []
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        snn.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    if state is not None:
+        try:
+            snn.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {ckpt} does not fit this network: {str(exc).splitlines()[0]}") from None
         start, history = int(state["epoch"]), [float(v) for v in state["loss"]]
     model = snn
     if distributed:
@@ -180,8 +311,14 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
             if max_seconds is not None and _elapsed(t0, distributed, device) > max_seconds:
                 stopped = True
                 break
+            if not checked:
+                check_input(x, what=f"finetune: train_data batch {i} images")
+                check_labels(y, n_classes, f"finetune: train_data batch {i} labels", n=x.shape[0])
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(logits(model, x, T), y)
+            if not torch.isfinite(loss):  # refuse before the step: the weights stay finite
+                raise ValueError(f"finetune: the loss became {float(loss)} in epoch {epoch + 1}, batch {i} (a "
+                                 "learning rate too high?); this batch updated nothing")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,12 +331,13 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
         if ckpt is not None and rank == 0:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             save_atomic({"model": snn.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                          "loss": history, "T": T}, ckpt)
+                         "loss": history, "T": T, "record": rec}, ckpt)
         if stopped:
             break
     snn.eval()
     knobs_after = {n: params_of(m) for n, m in spiking_modules(snn).items()}
     return {"loss": history, "seconds": time.perf_counter() - t0, "T": T, "world_size": world,
-            "batches": batches_done, "stopped_by_time": stopped,
+            "batches": batches_done, "stopped_by_time": stopped, "trainable": list(trainable), "swapped": swapped,
+            "record": rec,
             "thresholds": {n: float(torch.as_tensor(p.theta).detach().flatten()[0]) for n, p in knobs_after.items()},
             "leaks": {n: float(torch.as_tensor(p.leak).detach().flatten()[0]) for n, p in knobs_after.items()}}

@@ -2,23 +2,34 @@
 value gets the same one-line message everywhere, before any work starts.
 
 * numbers: :func:`is_number`, :func:`positive_int` (T, epochs, batch sizes, grid sizes), :func:`positive_number`
-  (learning rates, seconds), :func:`check_T`, :func:`check_timesteps`;
-* tensors: :func:`check_input` (one batch of images for a converted network);
+  (learning rates, seconds), :func:`check_T`, :func:`check_timesteps`, :func:`check_count` (epochs, batch sizes),
+  :func:`check_rate` (learning rates, time budgets);
+* tensors: :func:`check_input` (one batch of images for a converted network), :func:`check_labels` (integer class
+  indices in range);
 * data: :func:`as_loader` (a Dataset or an iterable of batches), :func:`iter_inputs` (calibration / analysis
-  batches: shape, dtype, NaN, consistent sample shape, not empty);
-* models: :func:`check_eval` (BN statistics and dropout frozen before converting).
+  batches: shape, dtype, NaN, consistent sample shape, not empty), :func:`check_reiterable` (data read twice),
+  :func:`check_training_data` (images and labels of a training set), :func:`check_full_batch`;
+* places: :func:`check_device` (a device this machine has), :func:`check_out_dir`, :func:`check_out_file`;
+* fine-tuning: :func:`check_trainable` (knob names a backend can train);
+* models: :func:`check_eval` (an ANN, not a converted SNN, with BN statistics and dropout frozen before converting).
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, Iterator, List, Optional, Sequence
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
-__all__ = ["is_number", "positive_number", "positive_int", "check_T", "check_timesteps", "check_input",
-           "as_loader", "iter_inputs", "check_eval", "ConversionError"]
+from .nodes import is_spiking, trainable_knobs
+
+__all__ = ["is_number", "positive_number", "positive_int", "check_T", "check_timesteps", "check_count", "check_rate",
+           "check_input", "check_labels", "as_loader", "iter_inputs", "check_reiterable", "check_training_data",
+           "check_full_batch", "check_device", "check_out_dir", "check_out_file", "check_trainable", "check_eval", "ConversionError"]
 
 
 class ConversionError(ValueError):
@@ -47,6 +58,20 @@ def check_T(T, what: str = "T") -> int:
     return int(T)
 
 
+def check_count(v, what: str, minimum: int = 1) -> int:
+    """Refuse a count (epochs, batch size, batches, images) that is not an integer >= ``minimum``; return it."""
+    if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum):
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def check_rate(v, what: str) -> float:
+    """Refuse a learning rate (or a time budget) that is not a finite number > 0: nan, inf, 0, -1 or a string."""
+    if not positive_number(v):
+        raise ValueError(f"{what} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
 def check_timesteps(timesteps, what: str = "timesteps") -> List[int]:
     """The distinct T of ``timesteps`` (an int or a list of positive ints), sorted; a clear error otherwise."""
     if positive_int(timesteps):
@@ -71,6 +96,120 @@ def check_input(x: torch.Tensor, expected: Optional[Sequence[int]] = None, what:
         raise ValueError(f"{what} has shape {tuple(x.shape)}; the converted model expects [B, {', '.join(map(str, expected))}]")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains {'NaN' if torch.isnan(x).any() else 'Inf'}")
+
+
+def check_labels(y, n_classes: Optional[int] = None, what: str = "labels", n: Optional[int] = None) -> None:
+    """Refuse labels that are not one integer class index per image in ``0 .. n_classes - 1``: one-hot or soft
+    labels (float, or ``[B, C]``), labels counted from 1, a count that differs from the ``n`` images."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor of integer class indices, got {type(y).__name__}")
+    onehot = " (one-hot labels: pass y.argmax(1))" if y.dim() == 2 else ""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{what} have dtype {y.dtype}; expected integer class indices{onehot}")
+    if y.dim() != 1:
+        raise ValueError(f"{what} have shape {tuple(y.shape)}; expected one class index per image, shape [B]{onehot}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{what}: {y.shape[0]} labels for {n} images")
+    if n_classes is not None and y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes:
+            hint = " (labels counted from 1? subtract 1)" if lo >= 1 and hi == n_classes else ""
+            raise ValueError(f"{what} range over {lo}..{hi}, but the network has {n_classes} outputs: class indices "
+                             f"must be 0..{n_classes - 1}{hint}")
+
+
+def check_reiterable(data, what: str = "calib_data", why: str = "it is read more than once") -> None:
+    """Refuse a one-shot iterator (a generator, ``iter(loader)``) where the data is read more than once: the second
+    pass would find it used up. A list, a Dataset or a DataLoader can be read again."""
+    if data is not None and not isinstance(data, (Dataset, Sequence)) and iter(data) is data:
+        raise ValueError(f"{what} is a one-shot iterator ({type(data).__name__}) and {why}: the second pass would "
+                         "find it used up; pass a list of batches, a Dataset or a DataLoader")
+
+
+def check_training_data(data, what: str = "train_data") -> Dataset:
+    """A Dataset of (image, label) from ``data`` (a map-style Dataset or a pair of tensors). Tensor data is checked
+    whole here (images floating point and finite, one integer label per image); the caller checks other Datasets
+    batch by batch (:func:`check_input`, :func:`check_labels`)."""
+    pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    if not pair and (not isinstance(data, Dataset) or isinstance(data, IterableDataset)):
+        raise TypeError(f"{what} must be a map-style Dataset of (image, label) or a pair of tensors (images, labels), "
+                        f"got {type(data).__name__}")
+    tensors = tuple(data) if pair else getattr(data, "tensors", None) if isinstance(data, TensorDataset) else None
+    if tensors is not None:
+        if len(tensors) != 2:
+            raise ValueError(f"{what} holds {len(tensors)} tensors; expected (images, labels)")
+        x, y = tensors
+        if x.dim() < 2:
+            raise ValueError(f"{what} images have shape {tuple(x.shape)}; expected [N, ...] with one image per row")
+        check_input(x, what=f"{what} images")
+        check_labels(y, what=f"{what} labels", n=x.shape[0])
+    return TensorDataset(*data) if pair else data
+
+
+def check_full_batch(n: int, batch_size: int, drop_last: bool, what: str = "train_data") -> None:
+    """Refuse data that would give no training step: empty, or smaller than one batch while partial batches are
+    dropped (``drop_last=True``)."""
+    if n == 0:
+        raise ValueError(f"{what} is empty")
+    if drop_last and n < batch_size:
+        raise ValueError(f"{what} holds {n} images, fewer than one batch of {batch_size}: lower batch_size, or pass "
+                         "drop_last=False to train on the partial batch")
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """A ``torch.device`` this machine has: refuses an unknown name, and CUDA where it is not available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{what}: {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {str(device)!r}: CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def check_out_dir(out: Union[str, os.PathLike], what: str = "--out") -> None:
+    """Refuse an output folder that is a file or cannot be created/written, without creating anything."""
+    p = Path(out).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{what} {str(out)!r} is a file, not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ValueError(f"{what} {str(out)!r}: folder is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {str(out)!r}: {str(parent)!r} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(out)!r}: cannot create it, {str(parent)!r} is not writable")
+
+
+def check_out_file(path: Union[str, os.PathLike], what: str = "checkpoint") -> Path:
+    """Refuse a file to be written that is a folder, or whose folder cannot be created or written."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
+    check_out_dir(p.absolute().parent, f"{what} {str(path)!r}: folder")
+    return p
+
+
+def check_trainable(trainable, what: str = "trainable") -> tuple:
+    """Refuse ``trainable`` unless it is a list of knob names a registered trainer knows (a plain string such as
+    ``"leak"`` is refused: it would be read letter by letter); return it as a tuple. ``()`` trains weights only."""
+    if isinstance(trainable, (str, bytes)) or not isinstance(trainable, (list, tuple, set, frozenset)) \
+            or not all(isinstance(k, str) for k in trainable):
+        raise TypeError(f"{what} must be a list of knob names (e.g. ['v_threshold', 'leak'], or [] for weights only), "
+                        f"got {trainable!r}")
+    known = trainable_knobs()
+    unknown = sorted(set(trainable) - set(known))
+    if known and unknown:
+        raise ValueError(f"{what}: cannot train {unknown}; trainable knobs: {known}")
+    return tuple(trainable)
 
 
 def as_loader(data, batch_size: int = 256) -> Iterable:
@@ -126,7 +265,14 @@ def iter_inputs(data: Iterable, device: torch.device, what: str = "calibration d
 
 
 def check_eval(model: nn.Module) -> None:
-    """Refuse a model (or submodule) in training mode: BN statistics and dropout must be frozen to convert."""
+    """Refuse a converted SNN (it has spiking nodes already), and a model (or submodule) in training mode: BN
+    statistics and dropout must be frozen to convert."""
+    node = next(((n, m) for n, m in model.named_modules() if is_spiking(m)
+                 and not any(is_spiking(c) for c in m.children())), None)
+    if node is not None:
+        raise ConversionError(f"{type(model).__name__} is already a converted SNN (layer {node[0]!r} is a spiking "
+                              f"{type(node[1]).__name__}): convert the ANN it came from, or simulate this network "
+                              "as it is")
     for name, mod in model.named_modules():
         if mod.training:
             raise ConversionError(f"{'model' if not name else repr(name)} ({type(mod).__name__}) is in training "

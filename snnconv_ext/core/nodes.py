@@ -21,8 +21,8 @@ from torch import fx
 from .neuron import NeuronParams
 
 __all__ = ["register_node_type", "register_stateful", "register_trainer", "is_spiking", "is_stateful", "spiking_modules", "params_of",
-           "graph_of", "unwrap", "is_multistep", "make_trainable", "FinetuneError", "WEIGHTED", "POOLS", "Codec",
-           "register_codec", "codec_of", "codec_named", "codec_names"]
+           "graph_of", "unwrap", "is_multistep", "make_trainable", "trainable_knobs", "FinetuneError", "WEIGHTED",
+           "POOLS", "Codec", "register_codec", "codec_of", "codec_named", "codec_names"]
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -31,6 +31,7 @@ POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgP
 _SPIKING: Dict[type, Optional[Callable[[nn.Module], NeuronParams]]] = {}  # node type -> knob reader
 _STATEFUL: List[type] = []
 _TRAINERS: Dict[type, Callable] = {}  # node type -> fn(net, trainable, surrogate) making a network's nodes trainable
+_KNOBS: Dict[type, tuple] = {}  # node type -> the knob names its trainer can make nn.Parameters
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,16 @@ def register_stateful(kind: type) -> None:
         _STATEFUL.append(kind)
 
 
-def register_trainer(kind: type, fn: Callable) -> None:
-    """``fn(net, trainable, surrogate) -> net``: how a backend makes a network whose nodes are ``kind``s trainable."""
+def register_trainer(kind: type, fn: Callable, knobs: tuple = ()) -> None:
+    """``fn(net, trainable, surrogate) -> net``: how a backend makes a network whose nodes are ``kind``s trainable;
+    ``knobs``: the names ``trainable`` may hold (e.g. ``v_threshold``, ``leak``)."""
     _TRAINERS[kind] = fn
+    _KNOBS[kind] = tuple(knobs)
+
+
+def trainable_knobs() -> List[str]:
+    """The knob names the registered trainers can make ``nn.Parameter``s (``v_threshold``, ``leak``, ...)."""
+    return sorted({k for ks in _KNOBS.values() for k in ks})
 
 
 def _is_node(m: nn.Module) -> bool:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checks import as_loader, check_input, check_T, check_timesteps
+from .checks import as_loader, check_input, check_labels, check_T, check_timesteps
 
 __all__ = ["reset", "run_window", "simulate_net", "evaluate", "hits", "ann_accuracy"]
 
@@ -76,9 +76,12 @@ def simulate_net(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 4) -> Ite
 
 
 def _batches(data, device) -> Iterator:
-    for batch in data:
+    """(images, labels) batches on ``device``; labels checked to be one integer class index per image."""
+    for i, batch in enumerate(data):
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise ValueError("evaluation data must yield (images, labels) batches")
+        n = batch[0].shape[0] if isinstance(batch[0], torch.Tensor) and batch[0].dim() else None
+        check_labels(batch[1], what=f"evaluation labels (batch {i})", n=n)
         yield batch[0].to(device), batch[1].to(device)
 
 
@@ -94,6 +97,8 @@ def _batch_hits(snn: nn.Module, data, ts: List[int], batch_size: int, chunk: int
         ok = torch.zeros(len(ts), y.shape[0], dtype=torch.bool, device=y.device)
         t0 = 0
         for out in simulate_net(snn, x, ts[-1], chunk):
+            if t0 == 0:  # labels counted from 1 would be compared with argmax silently
+                check_labels(y, out.shape[-1], "evaluation labels")
             rows = [k for k, t in enumerate(ts) if t0 < t <= t0 + out.shape[0]]
             if rows:
                 ok[rows] = out[[ts[k] - t0 - 1 for k in rows]].argmax(-1) == y   # [len(rows), B]
@@ -135,7 +140,9 @@ def ann_accuracy(model: nn.Module, data, batch_size: int = 512, device: Optional
     model.eval()
     correct = total = 0
     for x, y in _batches(as_loader(data, batch_size), device):
-        correct += (model(x).argmax(-1) == y).sum().item()
+        out = model(x)
+        check_labels(y, out.shape[-1], "evaluation labels")
+        correct += (out.argmax(-1) == y).sum().item()
         total += y.shape[0]
     if total == 0:
         raise ValueError("evaluation data is empty")

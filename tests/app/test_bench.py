@@ -67,3 +67,14 @@ def test_bench_snntorch_backend_gives_the_same_rows(tmp_path):
     a, b = (list(csv.DictReader(open(tmp_path / d / "results.csv"))) for d in ("sj", "st"))
     for ra, rb in zip(a, b):
         assert ra["accuracy"] == rb["accuracy"] and ra["spikes_per_image"] == rb["spikes_per_image"]
+
+
+def test_no_progress_silences_every_bar_including_spikingjellys(tmp_path, capfd):
+    from snnconv_ext import data, zoo
+    from snnconv_ext.app.baselines import sj_convert
+    calib = data.loader(data.subset(data.fashion_mnist("train"), 64), batch_size=32)
+    sj_convert(zoo.load("fmnist-net4"), "sj-best", calib, progress=True)
+    assert "2/2" in capfd.readouterr().err  # SpikingJelly's recipe draws its calibration bar on its own
+    assert cli.main(["bench", "--model", "fmnist-net4", "--methods", "sj-best,percentile", "--timesteps", "1",
+                     "--n-test", "32", "--n-calib", "64", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert capfd.readouterr().err == ""
