@@ -135,8 +135,9 @@ def run_record(snn: Optional[nn.Module], T: int, trainable: Sequence[str] = TRAI
     """What a fine-tuning checkpoint is for, and what a resumed run must match: the conversion (the method recorded
     in ``snn.meta``, and the caller's ``record``, e.g. ``{"model": ..., "method": ..., "options": {...}}``), ``T``,
     the trained knobs and the surrogate."""
-    method = (getattr(snn, "meta", None) or {}).get("snnconv_method") if snn is not None else None
-    out = {"method": method} if method is not None else {}
+    meta = (getattr(snn, "meta", None) or {}) if snn is not None else {}
+    recorded = {"method": "snnconv_method", "model": "snnconv_model", "options": "snnconv_options"}
+    out = {k: meta[m] for k, m in recorded.items() if meta.get(m) is not None}  # the conversion record (sc.convert)
     out.update(record or {})
     out.update(T=int(T), trainable=sorted(trainable), surrogate=surrogate)
     return _plain(out)

@@ -67,7 +67,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
     ck = tmp_path / "ck.pt"
     sc.finetune(b, (x, y), T=2, epochs=1, lr=1e-2, batch_size=16, progress=False, checkpoint=ck)
     rec = torch.load(ck, weights_only=True)["record"]
-    assert rec == {"method": "max", "T": 2, "trainable": ["leak", "v_threshold"], "surrogate": "datta"}
+    assert rec == {"method": "max", "options": {}, "T": 2, "trainable": ["leak", "v_threshold"], "surrogate": "datta"}
     c = sc.convert(net, "max", [x], progress=False)
     res = sc.finetune(c, (x, y), T=2, epochs=2, lr=1e-2, batch_size=16, progress=False, checkpoint=ck, resume=True)
     assert len(res["loss"]) == 2
