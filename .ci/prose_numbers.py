@@ -28,7 +28,8 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from book_report import ROOT, toc_notebooks  # noqa: E402
 
-NUMBER = re.compile(r"(?<![\w.\-/])[+\-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+\-−]?\d+)?(?![\w])")
+NUMBER = re.compile(r"(?<![\w.\-/])[+\-−]?(?:\d{1,3}(?:[,\u2009\u202f ]\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][+\-−]?\d+)?"
+                    r"(?:st|nd|rd|th)?(?![\w])")
 REFERENCE = re.compile(
     r"\b(?:Eqs?|Equations?|Tables?|Figs?|Figures?|Secs?|Sections?|Algorithms?|Alg|Apps?|Appendix|Appendices|"
     r"Theorems?|Lemmas?|Corollary|Definitions?|lines?|[Ii]ssues?|Chapter|Step|Steps|Remark|Props?)\.?\s*"
@@ -37,7 +38,8 @@ CITATION = re.compile(r"\bet al\.?,?\s*\(?(?:19|20)\d\d[a-z]?\)?|\[\d+(?:\s*[,�
                       r"\b(?:ICLR|CVPR|ICCV|ECCV|NeurIPS|NIPS|ICML|AAAI|IJCAI|TNNLS|IEEE|arXiv)\s*(?:19|20)\d\d")
 MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
-LINK = re.compile(r"\]\([^)]*\)|https?://\S+|<[^>]+>")
+LINK = re.compile(r"\]\([^)]*\)|https?://\S+|<[^>]+>|\bdoi:\S+|^.*\b(?:doi|arXiv|ISBN)\b.*$|\b(?:19|20)\d\d-\d\d-\d\d\b",
+                  re.M)
 EXTERNAL = re.compile(r"```+\{admonition\}\s*External measurement.*?\n(.*?)```+", re.S | re.I)
 DATE = re.compile(r"\b(?:19|20)\d\d-\d\d-\d\d\b")
 SENTENCE = re.compile(r"(?:[^.!?\n]|\.(?=\d))*(?:[.!?]|\n|$)")
@@ -45,14 +47,15 @@ PAPER = re.compile(r"\bpaper'?s?\b|\bthe authors\b", re.I)
 
 
 def _value(token: str) -> Optional[float]:
+    token = re.sub(r"(?:st|nd|rd|th)$", "", token)
     try:
-        return float(token.replace(",", "").replace("−", "-"))
+        return float(re.sub(r"[,\u2009\u202f ]", "", token).replace("−", "-"))
     except ValueError:
         return None
 
 
 def _decimals(token: str) -> int:
-    mant = token.replace(",", "").split("e")[0].split("E")[0]
+    mant = re.sub(r"(?:st|nd|rd|th)$", "", token).split("e")[0].split("E")[0]
     return len(mant.split(".")[1]) if "." in mant else 0
 
 

@@ -90,3 +90,30 @@ def test_parallel_chapter_runner_fills_the_cache_the_build_reads(tmp_path, repor
     assert "the claim" in tb
     assert report.main(["--root", str(tmp_path)]) == 1                         # the report names the failure
     assert runner.main(["--root", str(tmp_path)]) == 1                         # only the failed one runs again
+
+
+def test_prose_number_check_names_the_cell_and_number():
+    import importlib.util
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("prose_numbers", ROOT / ".ci" / "prose_numbers.py")
+    pn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pn)
+    v4 = nbformat.v4
+    src = v4.new_notebook(cells=[
+        v4.new_markdown_cell("We measured 91.2 % on 2000 images and 77.7 % at $T=2$ (Eq. 12, Table 7, Bu et al. 2022)."),
+        v4.new_code_cell("print(acc)"),
+        v4.new_markdown_cell("The paper reports 90.83 %; ResNet-20 and `T=4` are names.\n\n"
+                             "```{admonition} External measurement\n`snnconv bench --model x` on 2026-12-07: 55.5 %\n```"),
+        v4.new_markdown_cell("```{admonition} External measurement\n66.6 % somewhere\n```"),
+    ])
+    run = v4.new_notebook(cells=[c.copy() for c in src.cells])
+    run.cells[1].outputs = [v4.new_output("stream", name="stdout", text="accuracy 91.21 % on 2,000 images\n")]
+    bad = pn.check_notebook(src, run)
+    # 91.2 is 91.21 rounded, 2000 is printed as 2,000; 77.7 is not printed: named with its cell
+    assert any(line.startswith("cell 0: number 77.7 ") for line in bad)
+    assert not any("number 91.2 " in line or "number 2000 " in line for line in bad)
+    # the paper's number, the names, the external block with command and date pass; a block without them does not
+    assert not any(line.startswith("cell 2") for line in bad)
+    assert any(line.startswith("cell 3: an External measurement block must name") for line in bad)
+    assert len(bad) == 2, bad
