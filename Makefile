@@ -11,7 +11,7 @@ BOOK_DEBS := libjs-mathjax chromium chromium-driver
 # processes for the chapters and the demo (one per core)
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 # Idle OpenMP threads sleep instead of spinning (every target, the book's kernels, subprocesses); your own
-# setting wins. README: Threads and busy machines.
+# setting wins. book/performance.md: Threads and busy machines.
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup data book-debs demo test book bench-speed bench-contention clean

@@ -22,8 +22,8 @@ public functions below keep names no module uses.
 """
 from . import _malloc, _threads
 
-_threads.apply()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads (README: Threads and busy machines)
-_malloc.apply()  # reuse freed simulation buffers instead of page-faulting them in again (README: same section)
+_threads.apply()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads (book/performance.md: Threads and busy machines)
+_malloc.apply()  # reuse freed simulation buffers instead of page-faulting them in again (same section)
 
 import importlib as _importlib  # noqa: E402
 

@@ -2,7 +2,7 @@
 and the markers: ``cuda`` (skipped without a GPU) and ``slow`` (left out of the quick loop ``pytest -m "not slow"``)."""
 import pytest
 
-import snnconv_ext  # noqa: F401  (thread defaults, README "Threads and busy machines"; before torch loads)
+import snnconv_ext  # noqa: F401  (thread defaults, book/performance.md "Threads and busy machines"; before torch loads)
 import torch
 import torch.nn as nn
 

@@ -9,7 +9,7 @@
 Modules: :mod:`.nodes` (the neuron, registered with ``snnconv_ext.core.nodes``), :mod:`.converter` (``convert``),
 :mod:`.saving` (how the neuron is saved and loaded: ``sc.save`` / ``sc.load``).
 """
-import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
+import snnconv_ext  # noqa: F401  (thread defaults before torch loads: book/performance.md "Threads and busy machines")
 
 from . import saving  # noqa: F401  (registers the neuron's codec for sc.save / sc.load)
 from .converter import convert

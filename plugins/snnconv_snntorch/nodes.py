@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
+import snnconv_ext  # noqa: F401  (thread defaults before torch loads: book/performance.md "Threads and busy machines")
 import snntorch as snn
 import torch
 import torch.nn as nn

@@ -15,7 +15,7 @@ is not exact. Networks work in both step modes (``functional.set_step_mode(snn, 
 Modules: :mod:`.nodes` (the neurons), :mod:`.recipes` (the recipes and ``convert``), :mod:`.training` (fine-tuning's
 SpikingJelly side), :mod:`.saving` (how its nodes are saved and loaded: ``sc.save`` / ``sc.load``). Importing the package registers its node types and trainer with ``snnconv_ext.core.nodes``.
 """
-import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
+import snnconv_ext  # noqa: F401  (thread defaults before torch loads: book/performance.md "Threads and busy machines")
 
 from . import recipes, saving, training  # noqa: F401  (training registers the trainer, saving the codecs)
 from .nodes import STATEFUL, TRAINABLE, IFNode, SeqModule, SnnconvNode, TernaryIFNode, node_params, spikingjelly_node

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import snnconv_ext  # noqa: F401  (thread defaults before torch loads: README "Threads and busy machines")
+import snnconv_ext  # noqa: F401  (thread defaults before torch loads: book/performance.md "Threads and busy machines")
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base, neuron as sj_neuron, surrogate

@@ -138,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     b = sub.add_parser("bench", help="convert a zoo model with several methods and compare accuracy against T")
     bench.add_arguments(b)
     b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: one per core; README: Threads and busy machines)")
+                   help="torch CPU threads (default: one per core; book/performance.md: Threads and busy machines)")
     t = sub.add_parser("train", help="train a zoo entry reproducibly")
     train.add_arguments(t)
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
