@@ -3,6 +3,10 @@
 * :func:`compute_loss` is Algorithm 1's ``ComputeLoss`` exactly as printed (a *signed* sum over the percentiles);
   :func:`loss_table` evaluates it for every candidate (alpha, beta) at once and :func:`find_scaling_factors` is
   ``FindScalingFactors`` (first strictly smaller ``abs(loss)`` wins, starting from alpha = beta = 1).
+* The signed loss is linear in beta, A(alpha) - beta*B(alpha): every alpha whose zero :func:`zero_loss_beta` A/B lies
+  in the beta range [0, 2] reaches (nearly) zero loss, and the search keeps whichever lands nearest the 0.01 grid,
+  not the alpha whose staircase follows the DNN. ``loss="abs"`` (method ``datta-abs``, our variant) sums
+  ``abs(term)`` instead, so errors of opposite sign no longer cancel.
 * The ``datta`` threshold strategy records a layer's pre-activations, takes its percentiles up to mu (the trained
   threshold of a threshold-ReLU/clamp layer, or the layer's maximum for a plain ReLU) and returns theta = alpha*mu
   with the knob ``amplitude = beta`` (a spike is worth beta*alpha*mu, Eq. 8).
@@ -11,6 +15,7 @@ The paper's analysis (Eqs. 5-7) is in :mod:`snnconv_ext.study.datta`.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
@@ -19,8 +24,8 @@ import torch.nn as nn
 from ..core.checks import check_T
 from . import thresholds as thr
 
-__all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "snn_activation", "DattaThreshold",
-           "BETAS", "LOSSES"]
+__all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "zero_loss_beta", "snn_activation",
+           "DattaThreshold", "BETAS", "LOSSES"]
 
 BETAS = tuple(round(0.01 * i, 2) for i in range(201))  # beta from 0 to 2 in steps of 0.01 (Algorithm 1, line 22)
 LOSSES = ("signed", "abs")
@@ -38,25 +43,29 @@ def percentiles(a: torch.Tensor, mu: float) -> torch.Tensor:
     return P[P <= mu]
 
 
-def compute_loss(P: Iterable[float], mu: float, alpha: float, beta: float, T: int) -> float:
+def compute_loss(P: Iterable[float], mu: float, alpha: float, beta: float, T: int, loss: str = "signed") -> float:
     """Algorithm 1's ``ComputeLoss`` as printed: for each percentile p, add p minus the SNN output for input p.
 
     Seg-I (j*alpha*mu/T <= p <= (j+1)*alpha*mu/T, j = 0..T-1): p - j*alpha*beta*mu/T (both bounds inclusive, so a
     p on an inner step edge counts twice, as printed); Seg-II (alpha*mu < p <= mu): p - alpha*beta*mu;
-    Seg-III (p > mu): mu*(1 - alpha*beta). The sum is signed: errors of opposite sign cancel.
+    Seg-III (p > mu): mu*(1 - alpha*beta). The sum is signed: errors of opposite sign cancel. ``loss="abs"`` adds
+    each term's magnitude instead (our variant, not the paper's).
     """
-    loss = 0.0
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    mag = abs if loss == "abs" else (lambda v: v)
+    total = 0.0
     a_mu = alpha * mu
     for p in P:
         p = float(p)
         for j in range(T):
             if j * a_mu / T <= p <= (j + 1) * a_mu / T:
-                loss += p - j * a_mu * beta / T  # Seg-I
+                total += mag(p - j * a_mu * beta / T)  # Seg-I
         if a_mu < p <= mu:
-            loss += p - a_mu * beta  # Seg-II
+            total += mag(p - a_mu * beta)  # Seg-II
         elif p > mu:
-            loss += mu * (1.0 - a_mu * beta / mu)  # Seg-III: mu(1 - alpha*beta)
-    return loss
+            total += mag(mu * (1.0 - a_mu * beta / mu))  # Seg-III: mu(1 - alpha*beta)
+    return total
 
 
 def loss_table(P: torch.Tensor, mu: float, alphas: torch.Tensor, T: int, betas: Iterable[float] = BETAS,
@@ -98,6 +107,17 @@ def find_scaling_factors(P: torch.Tensor, mu: float, T: int, betas: Iterable[flo
     return alpha, beta, best
 
 
+def zero_loss_beta(P: torch.Tensor, mu: float, alphas: torch.Tensor, T: int) -> torch.Tensor:
+    """Per alpha, the beta at which Algorithm 1's signed loss is zero.
+
+    Every term of ``ComputeLoss`` is p - c*beta with c independent of beta, so the loss is A(alpha) - beta*B(alpha)
+    with A = loss(beta = 0) and B = loss(0) - loss(1) >= 0; it is zero at beta = A/B (inf where B = 0: no percentile
+    reaches the first step). An alpha with A/B in [0, 2] can be brought to |loss| <= B*0.005 on the 0.01 grid."""
+    tab = loss_table(P, mu, alphas, T, (0.0, 1.0))
+    A, B = tab[:, 0], tab[:, 0] - tab[:, 1]
+    return torch.where(B > 0, A / B.where(B > 0, torch.ones_like(B)), torch.full_like(A, math.inf))
+
+
 def snn_activation(d: torch.Tensor, mu: float, alpha: float, beta: float, T: int) -> torch.Tensor:
     """The scaled SNN activation of Fig. 1(b) for constant input d: (beta*alpha*mu/T) * clip(floor(T d/(alpha*mu)), 0, T)
     (Eq. 5 with V^th = alpha*mu, no bias shift, spikes worth beta*V^th, Eq. 8)."""
@@ -111,7 +131,8 @@ class DattaThreshold(thr.PercentileThreshold):
 
     mu is the layer's trained threshold (``bound`` of a threshold-ReLU / clamp / tReLU layer) or, for a plain ReLU,
     the largest pre-activation seen (the d_max of Sec. II-B). After :meth:`compute`, :meth:`knobs` gives
-    ``{"amplitude": beta}`` and :attr:`result` the (mu, alpha, beta, loss) found.
+    ``{"amplitude": beta}`` and :attr:`result` the (mu, alpha, beta, loss) found, with the number of candidate
+    alphas and how many of them reach zero signed loss within beta in [0, 2] (:func:`zero_loss_beta`).
     """
 
     def __init__(self, T: int = 2, granularity: str = "layer", loss: str = "signed", cap: int = 1 << 20,
@@ -137,8 +158,13 @@ class DattaThreshold(thr.PercentileThreshold):
         mu = self.mu if self.mu is not None else float(a.max())
         if not mu > 0:
             mu = 1e-8  # a dead layer: never reaches any threshold
-        alpha, beta, loss = find_scaling_factors(percentiles(a, mu), mu, self.T, loss=self.loss)
-        self.result = {"mu": mu, "alpha": alpha, "beta": beta, "loss": loss}
+        P = percentiles(a, mu)
+        alpha, beta, loss = find_scaling_factors(P, mu, self.T, loss=self.loss)
+        cand = P[P > 0] / mu
+        zb = zero_loss_beta(P, mu, cand, self.T)
+        # how many candidate alphas the signed loss can bring to zero within the beta range (whatever the loss used)
+        self.result = {"mu": mu, "alpha": alpha, "beta": beta, "loss": loss, "candidates": int(cand.numel()),
+                       "zero_loss": int(((zb >= BETAS[0]) & (zb <= BETAS[-1])).sum())}
         return torch.tensor(max(alpha * mu, 1e-8))
 
     def knobs(self) -> Dict[str, float]:

@@ -261,10 +261,16 @@ register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile
                 reference="Meng et al. 2022, Table 7"))
 
 # --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
+_DATTA_ACTS = (Clamp, ThresholdReLU, TReLU, nn.ReLU)
 register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "
-                "given T (option T=...; loss='abs' for our unsigned variant), IF with soft reset, max pooling allowed.",
-                threshold="datta", threshold_options={"T": 2}, T=2, activations=(Clamp, ThresholdReLU, TReLU, nn.ReLU),
+                "given T (option T=...) with its signed loss as printed, IF with soft reset, max pooling allowed.",
+                threshold="datta", threshold_options={"T": 2}, T=2, activations=_DATTA_ACTS,
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
+register(Method("datta-abs", "Algorithm 1 with the absolute loss (sum of |DNN - SNN| over the percentiles instead of the "
+                "printed signed sum, which any alpha with beta = A/B <= 2 zeroes) for the given T (option T=...), IF "
+                "with soft reset, max pooling allowed.", threshold="datta", threshold_options={"T": 2, "loss": "abs"},
+                T=2, activations=_DATTA_ACTS, allow_maxpool=True,
+                reference="Datta & Beerel 2022, Algorithm 1 (snnconv's unsigned loss), Eq. 8"))
 register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
                 "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, ThresholdReLU, TReLU),
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))

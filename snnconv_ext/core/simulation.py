@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .checks import as_loader, check_input, check_labels, check_T, check_timesteps
 
-__all__ = ["reset", "run_window", "simulate_net", "evaluate", "hits", "ann_accuracy"]
+__all__ = ["reset", "run_window", "simulate_net", "evaluate", "hits", "ann_hits", "ann_accuracy"]
 
 
 def reset(net: nn.Module) -> None:
@@ -134,16 +134,21 @@ def hits(snn: nn.Module, data, timesteps: Sequence[int], batch_size: int = 128, 
 
 
 @torch.no_grad()
-def ann_accuracy(model: nn.Module, data, batch_size: int = 512, device: Optional[torch.device] = None) -> float:
-    """Test accuracy (%) of the source ANN."""
+def ann_hits(model: nn.Module, data, batch_size: int = 512, device: Optional[torch.device] = None) -> torch.Tensor:
+    """One bool per image (on the CPU, in data order): whether the ANN ``model`` is right; pairs with :func:`hits`
+    for paired comparisons of an SNN with an ANN."""
     device = device or next(model.parameters()).device
     model.eval()
-    correct = total = 0
+    ok = []
     for x, y in _batches(as_loader(data, batch_size), device):
         out = model(x)
         check_labels(y, out.shape[-1], "evaluation labels")
-        correct += (out.argmax(-1) == y).sum().item()
-        total += y.shape[0]
-    if total == 0:
+        ok.append((out.argmax(-1) == y).cpu())
+    if not ok:
         raise ValueError("evaluation data is empty")
-    return 100.0 * correct / total
+    return torch.cat(ok)
+
+
+def ann_accuracy(model: nn.Module, data, batch_size: int = 512, device: Optional[torch.device] = None) -> float:
+    """Test accuracy (%) of the source ANN."""
+    return 100.0 * ann_hits(model, data, batch_size, device).double().mean().item()

@@ -2,7 +2,8 @@
 
 * :func:`k_mu`, :func:`h_T_mu`, :func:`delta` estimate Eqs. 6-7's K(mu), h(T, mu) and Delta from sampled DNN and
   SNN pre-activations (:func:`preactivations`), :func:`layer_percentiles` gives Algorithm 1's input per layer;
-* :func:`spike_counts` and :func:`operations`: spikes per neuron (Fig. 4a) and the operation counts of Sec. VI-B.
+* :func:`spike_counts` and :func:`operations`: spikes per neuron (Fig. 4a) and the operation counts of Sec. VI-B;
+* :func:`limit_ann`: the ANN a converted network tends to as T grows, beta*clip(x, 0, alpha*mu) per layer.
 
 Algorithm 1 itself (the alpha/beta search, the ``datta`` threshold strategy) is
 :mod:`snnconv_ext.conversion.alphabeta`; its functions are re-exported here under the paper's name.
@@ -16,15 +17,15 @@ import torch
 import torch.nn as nn
 
 from ..conversion.alphabeta import (BETAS, LOSSES, DattaThreshold, compute_loss, find_scaling_factors, loss_table,
-                                    percentiles, snn_activation)
+                                    percentiles, snn_activation, zero_loss_beta)
 from ..conversion.graph import trace
 from ..core.activations import ACTIVATIONS
 from ..core.nodes import spiking_modules
 from ..core.simulation import run_window
 
-__all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "snn_activation", "DattaThreshold",
-           "k_mu", "h_T_mu", "delta", "layer_percentiles", "preactivations", "spike_counts", "operations", "BETAS",
-           "LOSSES", "E_MAC", "E_AC"]
+__all__ = ["percentiles", "compute_loss", "loss_table", "find_scaling_factors", "zero_loss_beta", "snn_activation",
+           "DattaThreshold", "k_mu", "h_T_mu", "delta", "layer_percentiles", "preactivations", "spike_counts",
+           "operations", "limit_ann", "ScaledClip", "BETAS", "LOSSES", "E_MAC", "E_AC"]
 
 
 # --- analysis: Eqs. 5-7 ------------------------------------------------------------------------------------------
@@ -162,3 +163,37 @@ def operations(snn: nn.Module, x: torch.Tensor, T: int, e_mac: float = E_MAC, e_
         r["dnn_energy_pj"] = r["dnn_macs"] * e_mac
         r["snn_energy_pj"] = r["snn_ops"] * (e_mac if r["kind"] == "MAC" else e_ac)
     return rows
+
+
+# --- the T -> infinity limit of a converted network ---------------------------------------------------------------
+
+class ScaledClip(nn.Module):
+    """beta * clip(x, 0, top): the mean output of an IF neuron with threshold ``top`` = alpha*mu whose spikes are
+    worth beta*top, as T grows (Eq. 5 with V^th = alpha*mu, steps of alpha*mu/T, and Eq. 8's beta)."""
+
+    def __init__(self, top: float, beta: float) -> None:
+        super().__init__()
+        if not (top > 0 and beta > 0):
+            raise ValueError(f"ScaledClip: top and beta must be > 0, got top={top}, beta={beta}")
+        self.top, self.beta = float(top), float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.beta * x.clamp(0.0, self.top)
+
+    def extra_repr(self) -> str:
+        return f"top={self.top:.4g}, beta={self.beta:.4g}"
+
+
+def limit_ann(ann: nn.Module, found: Dict[str, Dict[str, float]]) -> nn.Module:
+    """The traced ``ann`` with each activation named in ``found`` (a converted network's
+    ``meta["snnconv_thresholds"]``: layer -> {"mu", "alpha", "beta"}) replaced by beta*clip(x, 0, alpha*mu), the
+    function its SNN computes as T grows. With alpha = beta = 1 on a threshold-ReLU net this is the ANN itself;
+    any other pair is a different network, and a converted SNN can at best approach its accuracy."""
+    gm = trace(ann)
+    acts = {n for n, m in gm.named_modules() if isinstance(m, tuple(ACTIVATIONS))}
+    unknown = sorted(set(found) - acts)
+    if unknown:
+        raise ValueError(f"limit_ann: layers {unknown} are not activations of this network (it has {sorted(acts)})")
+    for name, r in found.items():
+        gm.add_submodule(name, ScaledClip(r["alpha"] * r["mu"], r["beta"]))
+    return gm

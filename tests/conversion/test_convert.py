@@ -187,3 +187,16 @@ def test_hits_are_per_image_results_of_one_simulation(trained_cnn, digits, calib
         readout = list(simulate_net(snn, x, t, chunk=t))[-1][-1]      # accumulated readout after t steps
         assert torch.equal(got[t], readout.argmax(-1) == y), t
         assert 100 * got[t].float().mean().item() == pytest.approx(sc.evaluate(snn, test, [t], progress=False)[t])
+
+
+def test_ann_hits_are_per_image_argmax_in_data_order(trained_cnn, digits):
+    # reference: the ANN's argmax on the stacked images, compared with the labels by hand
+    from snnconv_ext.core.simulation import ann_hits
+    test = torch.utils.data.Subset(digits[1], range(150))
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    with torch.no_grad():
+        ref = trained_cnn(x).argmax(-1) == y
+    got = ann_hits(trained_cnn, test, batch_size=64)
+    assert torch.equal(got, ref)
+    assert sc.ann_accuracy(trained_cnn, test, batch_size=64) == pytest.approx(100 * ref.double().mean().item())
