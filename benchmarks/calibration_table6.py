@@ -5,7 +5,7 @@ same first 2000 test images (``data.subset(test, 2000)``, the calibration chapte
 
     python benchmarks/calibration_table6.py [--out book/generated/calibration_table6.csv]
 
-Fifteen conversions and simulations, about 5 min on 2 idle cores: too much for a chapter that should run in a few
+Fifteen conversions and simulations (1226 s on one thread of a busy machine on 2026-12-07): too much for a chapter that should run in a few
 minutes, so the chapter shows this table instead of running it.
 """
 from __future__ import annotations
