@@ -533,6 +533,22 @@ def test_finetune_bad_rate(fresh_snn, name, value):
     _refused(fresh_snn, re.escape(f"finetune: {name} must be a finite number > 0, got {value!r}"), **{name: value})
 
 
+@pytest.mark.parametrize("distill, exc, match", [
+    ("ann", ValueError, "finetune: distill must be (teacher, temperature, weight), got 'ann'"),
+    ((None, 2.0, 0.5), TypeError, "finetune: distill: teacher must be an nn.Module (the ANN), got NoneType"),
+    ((nn.Linear(4, 3), 0.0, 0.5), ValueError, "finetune: distill: temperature must be a finite number > 0, got 0.0"),
+    ((nn.Linear(4, 3), 2.0, 1.5), ValueError, "finetune: distill: weight must be a number in [0, 1], got 1.5"),
+    ((nn.Linear(4, 3), 2.0, True), ValueError, "finetune: distill: weight must be a number in [0, 1], got True"),
+])
+def test_finetune_bad_distill(fresh_snn, distill, exc, match):
+    _refused(fresh_snn, re.escape(match), exc, distill=distill)
+
+
+def test_finetune_bad_schedule(fresh_snn):
+    _refused(fresh_snn, re.escape("finetune: schedule must be one of ('constant', 'cosine'), got 'step'"),
+             schedule="step")
+
+
 @pytest.mark.parametrize("name, value", [("epochs", 0), ("epochs", 2.0), ("batch_size", 0), ("batch_size", True),
                                          ("max_batches", 0)])
 def test_finetune_bad_count(fresh_snn, name, value):

@@ -22,6 +22,7 @@ the difference, a checkpoint written for something else; an existing checkpoint 
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -42,9 +43,10 @@ from ..core.nodes import FinetuneError, make_trainable, params_of, spiking_modul
 from ..core.simulation import run_window
 
 __all__ = ["finetune", "DattaSurrogate", "rect_spike", "prepare", "FinetuneError", "NodeSwapWarning", "logits",
-           "run_record", "read_checkpoint", "check_resume", "SURROGATES", "TRAINABLE_DEFAULT"]
+           "distill_loss", "check_distill", "SCHEDULES", "run_record", "read_checkpoint", "check_resume", "SURROGATES", "TRAINABLE_DEFAULT"]
 
 SURROGATES = ("datta", "native")
+SCHEDULES = ("constant", "cosine")  # learning rate over the planned batches; cosine: Loshchilov & Hutter 2017, Eq. 5
 TRAINABLE_DEFAULT = ("v_threshold", "leak")  # Datta & Beerel Sec. III-B: thresholds and leak train with the weights
 
 
@@ -119,6 +121,31 @@ def _make_trainable(snn: nn.Module, trainable: Sequence[str], surrogate: str) ->
 def logits(snn: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
     """Mean readout over ``T`` steps of direct input ``x`` (the network returns each step's output current)."""
     return run_window(snn, x, T).mean(0)
+
+
+def check_distill(distill, what: str = "finetune: distill") -> Optional[Tuple[nn.Module, float, float]]:
+    """``distill``: ``None`` or ``(teacher, temperature, weight)``: an ``nn.Module`` (the ANN), a finite number > 0
+    and a weight in [0, 1]; one line naming the part that is wrong otherwise."""
+    if distill is None:
+        return None
+    if not isinstance(distill, (tuple, list)) or len(distill) != 3:
+        raise ValueError(f"{what} must be (teacher, temperature, weight), got {distill!r}")
+    teacher, tau, w = distill
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"{what}: teacher must be an nn.Module (the ANN), got {type(teacher).__name__}")
+    tau = check_rate(tau, f"{what}: temperature")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+        raise ValueError(f"{what}: weight must be a number in [0, 1], got {w!r}")
+    return teacher, tau, float(w)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temperature: float,
+                 weight: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015, Sec. 2): (1 - w) CE(student, y)
+    + w tau^2 KL(softmax(teacher / tau) || softmax(student / tau)), the tau^2 keeping the soft term's gradient scale."""
+    soft = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                    reduction="batchmean", log_target=True)
+    return (1.0 - weight) * F.cross_entropy(student, y) + weight * temperature ** 2 * soft
 
 
 def _plain(v):
@@ -215,7 +242,8 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
              surrogate: str = "datta", checkpoint: Optional[Union[str, Path]] = None, resume: bool = False,
              overwrite: bool = False, max_batches: Optional[int] = None, max_seconds: Optional[float] = None,
              seed: int = 0, drop_last: bool = True, record: Optional[Dict] = None, progress: bool = True,
-             device: Optional[torch.device] = None) -> Dict:
+             device: Optional[torch.device] = None, distill: Optional[Tuple[nn.Module, float, float]] = None,
+             schedule: str = "constant") -> Dict:
     """Fine-tune a converted network in place for ``T`` steps with cross-entropy on the mean readout (Adam, ``lr``;
     thresholds/leak at ``threshold_lr``, default lr; dropout layers stay off).
 
@@ -225,7 +253,9 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     ``checkpoint``: written after every epoch with :func:`run_record` (``record`` adds e.g. the model name);
     ``resume=True`` continues it (it must exist and match), ``overwrite=True`` replaces an existing one.
     ``max_seconds`` ends training when that much time has passed (the interrupted epoch then counts as done in
-    the checkpoint). Returns {"loss": [per epoch], "seconds": ..., "trainable": ..., "swapped": [layers], ...}.
+    the checkpoint). ``distill=(teacher, temperature, weight)`` adds knowledge distillation from the teacher's
+    (the ANN's) logits to the loss (:func:`distill_loss`); ``schedule="cosine"`` anneals both learning rates to 0
+    over the planned batches (``epochs`` x batches per epoch). Returns {"loss": [per epoch], "seconds": ..., "trainable": ..., "swapped": [layers], ...}.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes ``batch_size / world`` images of every global batch.
     """
@@ -243,6 +273,9 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     if surrogate not in SURROGATES:
         raise ValueError(f"finetune: surrogate must be one of {SURROGATES}, got {surrogate!r}")
     trainable = check_trainable(trainable, "finetune: trainable")
+    distill = check_distill(distill)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"finetune: schedule must be one of {SCHEDULES}, got {schedule!r}")
     first = next(snn.parameters(), None)
     device = check_device(device, "finetune: device") if device is not None else \
         (first.device if first is not None else torch.device("cpu"))
@@ -256,6 +289,10 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     if checked:  # tensors are checked whole before any work; other Datasets batch by batch below
         check_labels(ds.tensors[1], n_classes, "finetune: train_data labels")
     rec = run_record(snn, T, trainable, surrogate, record)
+    if distill is not None:  # a resumed run must distil the same way (the teacher itself is not recorded)
+        rec["distill"] = {"temperature": distill[1], "weight": distill[2]}
+    if schedule != "constant":  # the cosine spans the planned epochs: a resumed run must plan the same
+        rec["schedule"] = {"name": schedule, "epochs": int(epochs)}
     ckpt = check_out_file(checkpoint, "finetune: checkpoint") if checkpoint is not None else None
     state = None
     if resume:
@@ -282,6 +319,10 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
     knobs = [p for p in snn.parameters() if id(p) in knob_ids]
     opt = torch.optim.Adam([{"params": weights, "lr": lr},
                             {"params": knobs, "lr": threshold_lr if threshold_lr is not None else lr}])
+    per_epoch = len(loader) if max_batches is None else min(len(loader), max_batches)
+    planned = max(1, epochs * per_epoch)  # cosine annealing to 0 (Loshchilov & Hutter 2017, Eq. 5, no restarts)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, planned) / planned))) \
+        if schedule == "cosine" else None
     start, history = 0, []
     if state is not None:
         try:
@@ -290,6 +331,12 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"checkpoint {ckpt} does not fit this network: {str(exc).splitlines()[0]}") from None
         start, history = int(state["epoch"]), [float(v) for v in state["loss"]]
+        if sched is not None:  # continue the cosine where the checkpoint's epochs ended
+            sched.last_epoch = start * per_epoch
+            for g, f in zip(opt.param_groups, sched.get_lr()):
+                g["lr"] = f
+    if distill is not None:
+        teacher = distill[0].to(device).eval()
     model = snn
     if distributed:
         model = nn.parallel.DistributedDataParallel(snn, device_ids=[device.index] if device.type == "cuda" else None,
@@ -316,13 +363,21 @@ def finetune(snn: nn.Module, train_data, T: int = 2, epochs: int = 1, lr: float 
                 check_input(x, what=f"finetune: train_data batch {i} images")
                 check_labels(y, n_classes, f"finetune: train_data batch {i} labels", n=x.shape[0])
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(logits(model, x, T), y)
+            out = logits(model, x, T)
+            if distill is None:
+                loss = F.cross_entropy(out, y)
+            else:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distill_loss(out, target, y, distill[1], distill[2])
             if not torch.isfinite(loss):  # refuse before the step: the weights stay finite
                 raise ValueError(f"finetune: the loss became {float(loss)} in epoch {epoch + 1}, batch {i} (a "
                                  "learning rate too high?); this batch updated nothing")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             _project(nodes)
             total += loss.item() * len(y)
             seen += len(y)

@@ -3,6 +3,7 @@ weights train (same training as snnconv's neuron), the swap announced when knobs
 loading into a fresh conversion, resumable checkpoints that refuse another run's, single-step mode, refusals, and
 two torchrun processes against one on the same global batch."""
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -57,6 +58,83 @@ def test_finetune_lowers_training_loss(tmp_path):
     assert out["loss"][-1] < out["loss"][0]
     assert set(os.listdir(tmp_path)) == {"ck.pt"}  # atomic save leaves no temporary file
     assert all(th != 0 for th in out["thresholds"].values())
+
+
+def _kd_by_hand(student, teacher, y, tau, w):
+    """Hinton et al. 2015 written out per image with math: (1-w) CE + w tau^2 sum_c p_c log(p_c / q_c)."""
+    total = 0.0
+    for s, t, k in zip(student.tolist(), teacher.tolist(), y.tolist()):
+        ce = math.log(sum(math.exp(v) for v in s)) - s[k]
+        zt, zs = sum(math.exp(v / tau) for v in t), sum(math.exp(v / tau) for v in s)
+        p = [math.exp(v / tau) / zt for v in t]
+        q = [math.exp(v / tau) / zs for v in s]
+        total += (1 - w) * ce + w * tau ** 2 * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q))
+    return total / len(y)
+
+
+def test_distill_loss_is_hintons():
+    student, teacher, y = torch.tensor([[1.0, 0.0], [0.5, 2.0]]), torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1])
+    for tau, w in [(2.0, 0.5), (1.0, 1.0), (4.0, 0.0)]:
+        assert ft.distill_loss(student, teacher, y, tau, w).item() == pytest.approx(_kd_by_hand(student, teacher, y, tau, w),
+                                                                                   rel=1e-6)
+
+
+def test_finetune_distills_from_the_teacher_on_a_tiny_net():
+    # one full batch: the loss finetune reports is the distillation loss of the untrained SNN's T-step readout
+    net, x, y = tiny_problem(32)
+    teacher = nn.Sequential(nn.Linear(8, 2))
+    torch.manual_seed(1)
+    snn = sc.convert(net, "max", [x], progress=False)
+    with torch.no_grad():
+        expected = _kd_by_hand(ft.logits(copy.deepcopy(snn), x, 2), teacher(x), y, 3.0, 0.7)
+    out = sc.finetune(snn, (x, y), T=2, epochs=1, lr=1e-3, batch_size=32, trainable=(), progress=False,
+                      distill=(teacher, 3.0, 0.7))
+    assert out["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert out["record"]["distill"] == {"temperature": 3.0, "weight": 0.7}
+
+
+def test_cosine_schedule_anneals_the_learning_rate(monkeypatch):
+    # Loshchilov & Hutter Eq. 5 without restarts: lr_k = lr (1 + cos(pi k / K)) / 2 over K planned batches
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *a, **kw)
+
+    net, x, y = tiny_problem(32)
+    snn = sc.convert(net, "max", [x], progress=False)
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    sc.finetune(snn, (x, y), T=1, epochs=2, lr=1e-2, threshold_lr=1e-3, batch_size=8, progress=False,
+                schedule="cosine")
+    K = 8
+    assert seen == [pytest.approx([1e-2 * (1 + math.cos(math.pi * k / K)) / 2,
+                                   1e-3 * (1 + math.cos(math.pi * k / K)) / 2]) for k in range(K)]
+
+
+def test_interrupted_cosine_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    net, x, y = tiny_problem(32)
+    whole = sc.convert(net, "max", [x], progress=False)
+    sc.finetune(whole, (x, y), T=1, epochs=2, lr=1e-2, batch_size=8, progress=False, schedule="cosine")
+    step, calls = torch.optim.Adam.step, []
+
+    def crash_in_epoch_2(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step(self, *a, **kw)
+
+    ck = tmp_path / "ck.pt"
+    first = sc.convert(net, "max", [x], progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", crash_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            sc.finetune(first, (x, y), T=1, epochs=2, lr=1e-2, batch_size=8, progress=False, schedule="cosine",
+                        checkpoint=ck)
+    again = sc.convert(net, "max", [x], progress=False)
+    sc.finetune(again, (x, y), T=1, epochs=2, lr=1e-2, batch_size=8, progress=False, schedule="cosine",
+                checkpoint=ck, resume=True)
+    _assert_same_state(again, whole)
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

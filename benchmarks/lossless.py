@@ -1,0 +1,110 @@
+"""Lossless at T = 1 and 2 (issue 28): training compositions for a T budget on zoo Net4, each a recorded recipe,
+measured on the full Fashion-MNIST test set against the ReLU ANN (paired on the same images).
+
+Recipes (``--recipe``; the conversion is tuned for ``--T``, then ``sc.finetune`` at that T):
+  ft       lcp+acp conversion, fine-tuning with cross-entropy (thresholds and leak train with the weights)
+  kd       ft with knowledge distillation from the ANN's logits (``--kd-temp``, ``--kd-weight``)
+  kd-cos   kd with a cosine learning rate over the planned batches
+  qcfs     QCFS warm start with L = T (``--qcfs-epochs`` of ANN training), ``qcfs`` conversion, then kd-cos
+
+    python benchmarks/lossless.py --T 2 --recipe kd-cos --epochs 3 --lr 5e-4 --save snn-t2.pt
+
+Appends one row per run to ``--out`` (CSV): accuracy, paired difference to the ANN and its SE (pp), wall and CPU
+seconds of the whole recipe (ANN-side training + conversion + SNN training; evaluation not counted), the load
+average, threads and the command. ``--save`` writes the trained SNN with ``sc.save``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import snnconv_ext as sc
+from snnconv_ext import data, zoo
+from snnconv_ext.app.train import qcfs
+from snnconv_ext.conversion.training import NodeSwapWarning
+from snnconv_ext.study.compare import paired_diff
+
+RECIPES = ("ft", "kd", "kd-cos", "qcfs")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="fmnist-net4")
+    p.add_argument("--T", type=int, default=2)
+    p.add_argument("--recipe", choices=RECIPES, default="kd-cos")
+    p.add_argument("--epochs", type=int, default=2, help="SNN fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threshold-lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--kd-temp", type=float, default=4.0)
+    p.add_argument("--kd-weight", type=float, default=0.5)
+    p.add_argument("--qcfs-epochs", type=int, default=2)
+    p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole recipe (fine-tuning stops)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, help="write the trained SNN here (sc.save)")
+    p.add_argument("--out", default="bench-out/lossless.csv")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    show = not a.no_progress
+    ann = zoo.load(a.model)
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    calib = data.loader(data.subset(train, a.calib, seed=0), batch_size=256)
+
+    w0, c0 = time.perf_counter(), time.process_time()
+    phases = {}
+    if a.recipe == "qcfs":
+        start, method = qcfs(ann, a.T, train, epochs=a.qcfs_epochs, seed=a.seed, progress=show), "qcfs"
+    else:
+        start, method = ann, "lcp+acp"
+    phases["ann_s"] = time.perf_counter() - w0
+    snn = sc.convert(start, method=method, calib_data=calib, T=a.T, progress=show)
+    phases["convert_s"] = time.perf_counter() - w0 - phases["ann_s"]
+    distill = (ann, a.kd_temp, a.kd_weight) if a.recipe != "ft" else None
+    left = a.budget - (time.perf_counter() - w0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NodeSwapWarning)  # thresholds and leak train: the swap is intended
+        info = sc.finetune(snn, train, T=a.T, epochs=a.epochs, lr=a.lr, threshold_lr=a.threshold_lr,
+                           batch_size=a.batch_size, distill=distill, seed=a.seed, max_seconds=max(left, 1.0),
+                           schedule="cosine" if a.recipe in ("kd-cos", "qcfs") else "constant",
+                           record={"model": a.model, "recipe": a.recipe}, progress=show)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+
+    ok_snn = sc.hits(snn, test, timesteps=[a.T])[a.T]
+    with torch.no_grad():
+        ok_ann = torch.cat([ann(x).argmax(1) == y for x, y in data.loader(test, batch_size=1000)])
+    diff, se = paired_diff(ok_snn, ok_ann)
+    row = {"model": a.model, "T": a.T, "recipe": a.recipe, "epochs": a.epochs, "lr": a.lr, "kd_temp": a.kd_temp,
+           "kd_weight": a.kd_weight, "qcfs_epochs": a.qcfs_epochs if a.recipe == "qcfs" else 0,
+           "accuracy": round(100.0 * ok_snn.float().mean().item(), 2),
+           "ann_accuracy": round(100.0 * ok_ann.float().mean().item(), 2), "diff_pp": round(diff, 2),
+           "se_pp": round(se, 2), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+           **{k: round(v, 1) for k, v in phases.items()}, "batches": info["batches"], "stopped_by_time": info["stopped_by_time"],
+           "load1": round(os.getloadavg()[0], 2), "threads": a.threads,
+           "command": "python " + " ".join(shlex.quote(s) for s in sys.argv)}
+    print(row)
+    if a.save:
+        sc.save(snn, a.save)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+if __name__ == "__main__":
+    main()
