@@ -1,4 +1,4 @@
-"""Convert any snnconv method into a single-step snnTorch network of :class:`~snnconv_snntorch.nodes.Neuron`s."""
+"""Convert any snnconv method into a single-step snnTorch network of :class:`~snnconv_snntorch.nodes.Neuron` modules."""
 from __future__ import annotations
 
 from typing import Iterable, Optional

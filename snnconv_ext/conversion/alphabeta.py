@@ -112,7 +112,7 @@ def zero_loss_beta(P: torch.Tensor, mu: float, alphas: torch.Tensor, T: int) -> 
 
     Every term of ``ComputeLoss`` is p - c*beta with c independent of beta, so the loss is A(alpha) - beta*B(alpha)
     with A = loss(beta = 0) and B = loss(0) - loss(1) >= 0; it is zero at beta = A/B (inf where B = 0: no percentile
-    reaches the first step). An alpha with A/B in [0, 2] can be brought to |loss| <= B*0.005 on the 0.01 grid."""
+    reaches the first step). An alpha with A/B in [0, 2] can be brought to abs(loss) <= B*0.005 on the 0.01 grid."""
     tab = loss_table(P, mu, alphas, T, (0.0, 1.0))
     A, B = tab[:, 0], tab[:, 0] - tab[:, 1]
     return torch.where(B > 0, A / B.where(B > 0, torch.ones_like(B)), torch.full_like(A, math.inf))

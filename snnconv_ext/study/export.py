@@ -155,7 +155,7 @@ def to_nir(net: nn.Module, input_shape: Sequence[int], soft_reset: str = "annota
     ``initial``: ``"refuse"`` a layer that starts at a nonzero potential, or ``"metadata"``: record it as
     ``snnconv.v_init`` (a consumer that ignores it differs: on the zoo Net4 with ``clipround``, SpikingJelly with
     soft reset but without the initial potential gives cumulative logits up to 162.7 away at T = 8, 16 test
-    images, largest |logit| 166). A consumer that resets to ``v_reset`` (SpikingJelly's default) differs too:
+    images, largest absolute logit 166). A consumer that resets to ``v_reset`` (SpikingJelly's default) differs too:
     34.2 (``max``), 48.7 (``percentile``); README "NIR: what each consumer needs" gives each one's settings.
     Write the graph with ``nir.write(path, graph)``; :func:`from_nir` reads it back."""
     import nir
