@@ -40,7 +40,7 @@ def _keeps(node: nn.Module, trainable: Sequence[str]) -> bool:
 def prepare(snn: nn.Module, trainable: Sequence[str] = ("v_threshold", "leak"), surrogate: str = "datta") -> nn.Module:
     """Make every spiking node of ``snn`` trainable in place: nodes that already train exactly ``trainable`` stay
     (SpikingJelly's ``IFNode``/``TernaryIFNode`` when only weights train), the others become ``SnnconvNode`` modules with the
-    same neuron (``params_of``) and the ``trainable`` knobs as ``nn.Parameter``s. Every node gets Datta's surrogate
+    same neuron (``params_of``) and the ``trainable`` knobs as ``nn.Parameter`` objects. Every node gets Datta's surrogate
     (``"datta"``) or keeps its own (``"native"``). Refuses, naming the layer, stateful layers that are not such nodes."""
     nodes = spiking_modules(snn)
     for name, m in snn.named_modules():

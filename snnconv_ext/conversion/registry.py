@@ -266,7 +266,7 @@ register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from
                 "given T (option T=...) with its signed loss as printed, IF with soft reset, max pooling allowed.",
                 threshold="datta", threshold_options={"T": 2}, T=2, activations=_DATTA_ACTS,
                 allow_maxpool=True, reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
-register(Method("datta-abs", "Algorithm 1 with the absolute loss (sum of |DNN - SNN| over the percentiles instead of the "
+register(Method("datta-abs", "Algorithm 1 with the absolute loss (sum of abs(DNN - SNN) over the percentiles instead of the "
                 "printed signed sum, which any alpha with beta = A/B <= 2 zeroes) for the given T (option T=...), IF "
                 "with soft reset, max pooling allowed.", threshold="datta", threshold_options={"T": 2, "loss": "abs"},
                 T=2, activations=_DATTA_ACTS, allow_maxpool=True,
