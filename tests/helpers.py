@@ -1,6 +1,7 @@
 """Test helpers shared across the layers' test folders (``from helpers import ...``; tests/ is on the path)."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from snnconv_ext.core.nodes import spiking_modules
 
@@ -39,3 +40,14 @@ def run_both_backends(sj_net, st_net, x, T):
     n = len(spikes_sj)
     same = [torch.equal(spikes_sj[k], torch.stack(spikes_st[k::n])) for k in range(n)]
     return a, b, same
+
+
+class FunctionalReLU(nn.Module):
+    """A layer whose activation is called as a function (``F.relu``): the converter refuses it by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.relu(self.fc(x))

@@ -11,14 +11,13 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import snnconv_ext as sc
 from snnconv_ext import cli, data, graph, models, thresholds, train, zoo
 from snnconv_ext.core.activations import StReLU
 from snnconv_ext.core.simulation import simulate_net
+from helpers import FunctionalReLU, Payload
 from snnconv_ext.core.neuron import simulate
-from helpers import Payload
 
 
 def mlp() -> nn.Module:
@@ -238,15 +237,6 @@ def test_training_mode_names_submodule():
     m[1].train()
     with pytest.raises(graph.ConversionError, match=r"'1' \(ReLU\) is in training mode"):
         sc.convert(m, "max", calib(), progress=False)
-
-
-class FunctionalReLU(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return F.relu(self.fc(x))
 
 
 class SharedAct(nn.Module):

@@ -127,7 +127,7 @@ def is_stateful(mod: nn.Module) -> bool:
 def params_of(node: nn.Module, like: Optional[torch.Tensor] = None) -> NeuronParams:
     """The core ``NeuronParams`` of one spiking node (ours, or a framework's own class made by our converter),
     on ``like``'s device and dtype when given. ``TypeError`` naming the class when it carries none."""
-    if callable(getattr(node, "params", None)) and not isinstance(node, nn.Sequential):
+    if callable(getattr(node, "params", None)):
         ref = like if like is not None else next((t for t in node.buffers()), None)
         if ref is None:
             ref = next(node.parameters(), torch.zeros(()))

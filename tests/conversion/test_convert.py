@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import snnconv_ext as sc
 from snnconv_ext import graph, thresholds
 from snnconv_ext.core.simulation import simulate_net
+from helpers import FunctionalReLU
 
 
 def test_methods_registry():
@@ -80,15 +81,6 @@ def test_evaluate_every_T_from_one_pass_matches_separate_runs(trained_cnn, digit
 class Custom(nn.Module):
     def forward(self, x):
         return x * 2
-
-
-class FunctionalReLU(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return F.relu(self.fc(x))
 
 
 def _loader(shape=(4,)):
