@@ -37,10 +37,10 @@ __all__ = ["convert", "evaluate", "hits", "ann_accuracy", "finetune", "methods",
 
 #: where each module lives: ``snnconv_ext.<name>`` is ``snnconv_ext.<layer>.<name>``
 MODULES = {
-    "core": ("neuron", "simulation", "nodes", "activations", "checks", "files"),
+    "core": ("neuron", "simulation", "nodes", "activations", "checks", "files", "layers", "pooling"),
     "assets": ("data", "models", "zoo"),
-    "conversion": ("registry", "thresholds", "alphabeta", "graph", "calibrate", "pipeline", "backends", "auto",
-                   "training"),
+    "conversion": ("registry", "thresholds", "alphabeta", "graph", "normalize", "calibrate", "pipeline", "backends",
+                   "auto", "training"),
     "study": ("analysis", "energy", "export", "compare", "theory", "datta"),
     "app": ("cli", "bench", "demo", "train", "tuning", "baselines"),
 }
