@@ -1,5 +1,5 @@
 """Graph surgery on the ANN's ``torch.fx`` graph: trace, fold BN, refuse what we cannot convert, fold spike values,
-replace activations by neurons, make the graph step-mode aware. Surgery only: the order in which these steps run is
+replace activations by neurons and max pooling by its spiking form, make the graph step-mode aware. Surgery only: the order in which these steps run is
 :mod:`snnconv_ext.conversion.pipeline`'s, and the modules a converted network runs (``SeqModule``, ``Scale``) are here
 because the surgery inserts them.
 """
