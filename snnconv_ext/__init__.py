@@ -40,10 +40,10 @@ __all__ = ["convert", "evaluate", "hits", "ann_accuracy", "finetune", "methods",
 
 #: where each module lives: ``snnconv_ext.<name>`` is ``snnconv_ext.<layer>.<name>``
 MODULES = {
-    "core": ("neuron", "simulation", "nodes", "activations", "checks", "files"),
+    "core": ("neuron", "simulation", "nodes", "activations", "checks", "files", "layers", "pooling"),
     "assets": ("data", "models", "zoo"),
-    "conversion": ("registry", "thresholds", "alphabeta", "graph", "calibrate", "pipeline", "backends", "auto",
-                   "training", "saving"),
+    "conversion": ("registry", "thresholds", "alphabeta", "graph", "normalize", "calibrate", "pipeline", "backends",
+                   "auto", "training", "saving"),
     "study": ("analysis", "energy", "forms", "export", "compare", "theory", "datta"),
     "app": ("cli", "bench", "demo", "train", "tuning", "baselines"),
 }

@@ -51,3 +51,32 @@ class FunctionalReLU(nn.Module):
 
     def forward(self, x):
         return F.relu(self.fc(x))
+TORCHVISION_ARCHS = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11_bn", "vgg16", "squeezenet1_1",
+                     "densenet121", "mobilenet_v2", "mnasnet1_0", "googlenet", "shufflenet_v2_x1_0", "regnet_y_400mf"]
+
+
+def fmnist32(n: int = 256, extra: int = 8):
+    """The first ``n`` Fashion-MNIST training images at 3x32x32 (bilinear resize, the channel repeated) for BN statistics
+    and calibration, and the next ``extra`` to measure on (issue 29's torchvision table)."""
+    import torch.nn.functional as F
+    from snnconv_ext import data
+    x = data.fashion_mnist("train").tensors[0][:n + extra]
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    return x[:n], x[n:]
+
+
+def torchvision_model(name: str, x: torch.Tensor) -> nn.Module:
+    """``torchvision.models.<name>(num_classes=10)``, randomly initialised (seed 0; GoogLeNet without its auxiliary
+    heads), its BatchNorm statistics the plain average over ``x`` (train mode, momentum None), in eval mode."""
+    import torchvision
+    torch.manual_seed(0)
+    kw = dict(aux_logits=False, init_weights=True) if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(num_classes=10, weights=None, **kw)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()

@@ -18,8 +18,9 @@ SpikingJelly side), :mod:`.saving` (how its nodes are saved and loaded: ``sc.sav
 import snnconv_ext  # noqa: F401  (thread defaults before torch loads: book/performance.md "Threads and busy machines")
 
 from . import recipes, saving, training  # noqa: F401  (training registers the trainer, saving the codecs)
-from .nodes import STATEFUL, TRAINABLE, IFNode, SeqModule, SnnconvNode, TernaryIFNode, node_params, spikingjelly_node
+from .nodes import (STATEFUL, TRAINABLE, GatedMaxPool, IFNode, SeqModule, SnnconvNode, TernaryIFNode, node_params,
+                    spikingjelly_node)
 from .recipes import QCFSRecipe, SnnconvRecipe, convert, recipe_class
 
-__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "SnnconvRecipe", "QCFSRecipe", "recipe_class",
+__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "GatedMaxPool", "SnnconvRecipe", "QCFSRecipe", "recipe_class",
            "recipes", "convert", "spikingjelly_node", "node_params", "STATEFUL", "TRAINABLE"]

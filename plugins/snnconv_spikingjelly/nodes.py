@@ -5,7 +5,9 @@
   ``fire_at * theta`` is the same IF started ``(1 - fire_at) * theta`` higher (ttrbr Eq. 12), set as its reset value;
 * ``TernaryIFNode(v_threshold=theta, v_reset=None)`` for the signed IF with symmetric thresholds (stReLU Sec. 3);
 * :class:`SnnconvNode` for everything SpikingJelly cannot express: per-channel/per-neuron thresholds or initial
-  potentials, SNM memory, signed firing at a fraction of theta, a leak, trainable knobs.
+  potentials, SNM memory, signed firing at a fraction of theta, a leak, trainable knobs;
+* :class:`GatedMaxPool`: max pooling gated by the inputs' accumulated spikes (Rueckauer et al. 2017 Sec. 2.3,
+  ``snnconv_ext.core.pooling``) as a ``MemoryModule``, so ``functional.reset_net`` and ``set_step_mode`` reach it.
 
 Loading this module registers SpikingJelly's ``BaseNode`` (spiking) and ``MemoryModule`` (stateful) with
 ``snnconv_ext.core.nodes``, so the core finds and reads these nodes without importing SpikingJelly.
@@ -23,9 +25,10 @@ from snnconv_ext.conversion import graph
 from snnconv_ext.core import nodes as core_nodes
 from snnconv_ext.core.neuron import NeuronParams, NeuronState, init_state, run, start_potential, step, step_
 from snnconv_ext.core.nodes import params_of
+from snnconv_ext.core.pooling import gated_max_pool
 
-__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "spikingjelly_node", "node_params", "STATEFUL",
-           "TRAINABLE"]
+__all__ = ["SnnconvNode", "IFNode", "TernaryIFNode", "SeqModule", "GatedMaxPool", "spikingjelly_node", "node_params",
+           "STATEFUL", "TRAINABLE"]
 
 # knobs a node can learn (nn.Parameter on request): SpikingJelly's name -> NeuronParams field
 TRAINABLE = {"v_threshold": "theta", "v_threshold_neg": "theta_neg", "v0": "v0", "leak": "leak",
@@ -131,6 +134,26 @@ class SnnconvNode(sj_neuron.BaseNode):
         signed = "" if self.v_threshold_neg is None else f", v_threshold_neg={shape(self.v_threshold_neg)}"
         return (f"v_threshold={shape(self.v_threshold)}{signed}, fire_at={self.fire_at}, v0={shape(self.v0)}, "
                 f"memory={self.memory}, leak={shape(self.leak)}, step_mode={self.step_mode}")
+
+
+class GatedMaxPool(base.MemoryModule):
+    """The spiking form of ``pool`` (an ``nn.MaxPool1d``/``nn.MaxPool2d``): each window passes the input of the
+    position whose accumulated input is largest (``snnconv_ext.core.pooling.gated_max_pool``, Rueckauer et al. 2017
+    Sec. 2.3); the accumulated input is the module's memory ``count``, cleared by ``reset()``."""
+
+    def __init__(self, pool: nn.Module, step_mode: str = "m") -> None:
+        super().__init__()
+        self.pool = pool
+        self.step_mode = step_mode
+        self.register_memory("count", None)
+
+    def single_step_functional_forward(self, inputs, states):
+        y, count = gated_max_pool(inputs[0].unsqueeze(0), states[0], self.pool)
+        return (y[0],), (count,)
+
+    def multi_step_functional_forward(self, inputs, states):
+        y, count = gated_max_pool(inputs[0], states[0], self.pool)
+        return (y,), (count,)
 
 
 def _fast_multi_step(node: sj_neuron.BaseNode, x_seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:

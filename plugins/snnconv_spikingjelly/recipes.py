@@ -25,7 +25,7 @@ from snnconv_ext.conversion.registry import get as get_method, methods as method
 from snnconv_ext.core.checks import check_eval
 from snnconv_ext.core.neuron import NeuronParams
 
-from .nodes import STATEFUL, SeqModule, spikingjelly_node
+from .nodes import STATEFUL, GatedMaxPool, SeqModule, spikingjelly_node
 
 __all__ = ["SnnconvRecipe", "QCFSRecipe", "recipe_class", "convert"]
 
@@ -80,7 +80,7 @@ class SnnconvRecipe(FXConversionRecipe):
         return fx_model
 
     def replace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        fx_model = pipeline.finish(fx_model, self.method, self.params, self.node)  # stage 3
+        fx_model = pipeline.finish(fx_model, self.method, self.params, self.node, GatedMaxPool)  # stage 3
         self.folding = dict(fx_model.meta["snnconv_folding"])
         return fx_model
 

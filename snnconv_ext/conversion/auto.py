@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ..core.activations import ACTIVATIONS
+from ..core.activations import ACTIVATIONS, ClippedReLU
 from ..core.checks import ConversionError, as_loader, check_eval, check_T
 from ..core.nodes import spiking_modules
 from ..core.simulation import evaluate
@@ -39,7 +39,9 @@ _GRANULARITY = {"layer": 0, "channel": 1, "neuron": 2}
 def applies_to(method: Union[str, Method], model: nn.Module) -> str:
     """Why ``method`` cannot convert ``model``'s activations ('' if it can); the check ``snnconv bench`` makes."""
     m = get_method(method)
-    acts = {type(mod) for mod in model.modules() if type(mod) in ACTIVATIONS}
+    # ReLU6 / Hardtanh(0, b) reach the methods as ClippedReLU (graph normalisation, normalize.py)
+    kinds = {ClippedReLU if isinstance(mod, nn.Hardtanh) else type(mod) for mod in model.modules()}
+    acts = {k for k in kinds if k in ACTIVATIONS}
     wanted = set(m.activations)
     return "" if acts <= wanted else (f"method converts {sorted(t.__name__ for t in wanted)}, the model uses "
                                       f"{sorted(t.__name__ for t in acts)}")

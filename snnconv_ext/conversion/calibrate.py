@@ -45,7 +45,9 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from ..core.checks import check_reiterable, iter_inputs
+from ..core.activations import ClippedReLU
 from ..core.neuron import CoreNode, NeuronParams, spike_values, value
+from ..core.pooling import GatedMaxPool
 from ..core.simulation import run_window
 from . import graph
 from . import thresholds as thr
@@ -73,6 +75,8 @@ def _run(z: torch.Tensor, p: NeuronParams, node: Optional[NodeFactory] = None) -
 def _multistep_copy(gm: fx.GraphModule, replace_by: Dict[str, nn.Module]) -> fx.GraphModule:
     """A multi-step copy of ``gm`` sharing its weights, with the modules at ``replace_by``'s targets swapped."""
     sim = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # submodules by reference: weights are shared
+    if gm.meta.get("snnconv_maxpool") == "gated":  # max pooling in the spiking form the network keeps
+        replace_by = {**{t: GatedMaxPool(sim.get_submodule(t)) for t in graph.maxpool_targets(sim)}, **replace_by}
     for target, module in replace_by.items():
         graph.set_module(sim, target, module)
     sim.recompile()
@@ -131,11 +135,14 @@ def calibrate_thresholds(gm: fx.GraphModule, method: Method, data: Iterable, max
             theta = s.compute()
         except ValueError as exc:
             raise ValueError(f"layer {t!r}: {exc}") from None
+        act = gm.get_submodule(t)
+        if isinstance(act, ClippedReLU):  # a fixed clip at b: IF with theta <= b emits clamp(x, 0, theta) (TTRBR Eq. 7)
+            theta = torch.clamp(torch.as_tensor(theta), max=act.bound)
         knobs = dict(theta=theta, fire_at=method.fire_at, theta_neg=theta if method.signed else None,
                      memory=method.memory, amplitude=method.amplitude,
                      v0=theta / 2 if method.v0 == "half" else 0.0, leak=method.leak)
         # an activation may define the neuron it becomes (atLeakyReLU: its own negative threshold/amplitude)
-        knobs.update(getattr(gm.get_submodule(t), "neuron_knobs", dict)())
+        knobs.update(getattr(act, "neuron_knobs", dict)())
         knobs.update(getattr(s, "knobs", dict)())  # a strategy may set more knobs (datta: amplitude beta, Eq. 8)
         if getattr(s, "result", None):
             gm.meta.setdefault("snnconv_thresholds", {})[t] = dict(s.result)

@@ -1,5 +1,5 @@
 """Graph surgery on the ANN's ``torch.fx`` graph: trace, fold BN, refuse what we cannot convert, fold spike values,
-replace activations by neurons, make the graph step-mode aware. Surgery only: the order in which these steps run is
+replace activations by neurons and max pooling by its spiking form, make the graph step-mode aware. Surgery only: the order in which these steps run is
 :mod:`snnconv_ext.conversion.pipeline`'s, and the modules a converted network runs (``SeqModule``, ``Scale``) are here
 because the surgery inserts them.
 """
@@ -11,28 +11,28 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import fx
 
 from ..core.activations import ACTIVATIONS, LEAF_FUNCTIONS
 from ..core.checks import ConversionError, check_eval
+from ..core.layers import DATA_MOVEMENT, ChannelAffine, Chunk, Concat
 from ..core.neuron import NeuronParams
+from ..core.pooling import MAXPOOLS
 from .registry import Method
 
 __all__ = [
     "trace", "fold_bn", "check_supported", "activation_nodes", "replace_activations", "relift_activations",
     "SeqModule", "to_multistep", "ConversionError", "Scale", "fold_spike_values", "set_module", "describe",
-    "check_finite", "LINEAR",
+    "check_finite", "LINEAR", "bn_terms", "bn_source", "scaled_weight", "replace_maxpools", "maxpool_targets",
 ]
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
 STATELESS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-             nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.MaxPool1d)
+             nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.MaxPool1d,
+             ChannelAffine) + DATA_MOVEMENT
 FUNCTIONS = {operator.add, torch.add, torch.flatten, operator.iadd}
 METHODS = {"flatten", "add"}
 RESHAPES = {"view", "reshape", "view_as", "reshape_as", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
-KNOWN_ACTIVATION_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.leaky_relu,
-                          F.hardtanh, torch.clamp, F.elu}
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -98,19 +98,15 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
     check_finite(gm)  # an Inf running_var would fold into silent zero weights
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if node.op != "call_module" or not isinstance(modules[node.target], BATCHNORMS):
             continue
         bn = modules[node.target]
-        src = node.args[0]
-        lin = modules.get(src.target) if isinstance(src, fx.Node) and src.op == "call_module" else None
-        if not isinstance(lin, LINEAR) or len(src.users) != 1:
+        src = bn_source(gm, node)
+        if src is None:
             raise ConversionError(f"BatchNorm {node.target!r} does not directly follow a single-use conv/linear layer, "
                                   "so it cannot be folded into weights.")
-        if bn.running_mean is None:
-            raise ConversionError(f"BatchNorm {node.target!r} tracks no running statistics (track_running_stats=False).")
-        s = torch.sqrt(bn.running_var + bn.eps)
-        g = bn.weight if bn.affine else torch.ones_like(s)
-        beta = bn.bias if bn.affine else torch.zeros_like(s)
+        lin = modules[src.target]
+        s, g, beta = bn_terms(bn, node.target)
         new = copy.deepcopy(lin)
         w = lin.weight * (g / s).reshape(-1, *([1] * (lin.weight.dim() - 1)))
         b = lin.bias if lin.bias is not None else torch.zeros_like(bn.running_mean)
@@ -125,6 +121,29 @@ def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def bn_source(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
+    """The conv/linear node a BatchNorm ``node`` folds into (:func:`fold_bn`): its input, when that is a conv/linear
+    layer whose output nothing else reads; else None."""
+    src = node.args[0]
+    if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
+        return None
+    return src if isinstance(gm.get_submodule(src.target), LINEAR) else None
+
+
+def bn_terms(bn: nn.Module, where: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(s, gamma, beta)`` of an eval-mode BatchNorm, s = sqrt(running_var + eps): BN(x) = gamma (x - mu) / s + beta.
+    Refuses a BN without running statistics, naming it."""
+    if bn.running_mean is None:
+        raise ConversionError(f"BatchNorm {where!r} tracks no running statistics (track_running_stats=False).")
+    s = torch.sqrt(bn.running_var + bn.eps)
+    g = bn.weight if bn.affine else torch.ones_like(s)
+    beta = bn.bias if bn.affine else torch.zeros_like(s)
+    return s, g, beta
+
+
 def describe(node: fx.Node) -> str:
     """Name a node and, when fx traced through a custom module, the module it came from."""
     stack = node.meta.get("nn_module_stack")
@@ -135,15 +154,16 @@ def describe(node: fx.Node) -> str:
 
 
 def _check_maxpool(where: str, method: Method) -> None:
-    """Max pooling of spikes (Datta & Beerel Sec. IV-A: the max of 0/1 spikes is a spike) is exact bookkeeping only
-    for binary, non-negative spikes whose value is one positive number per channel; refuse the rest."""
+    """The plain max of spikes (``maxpool="spikes"``; Datta & Beerel Sec. IV-A: the max of 0/1 spikes is a spike) is
+    exact bookkeeping only for binary, non-negative spikes whose value is one positive number per channel; refuse the
+    rest (the gated form, ``maxpool="gated"``, converts them all)."""
     if method.signed or method.memory:
         raise ConversionError(f"{where}: max pooling of signed spikes (-1/0/+1, method {method.name!r}) would keep a "
-                              "+1 over a -1 that cancels it later; use average pooling for signed neurons.")
+                              "+1 over a -1 that cancels it later; use maxpool='gated' or average pooling.")
     if method.threshold_options.get("granularity") == "neuron":
         raise ConversionError(f"{where}: method {method.name!r} gives every position its own threshold, so the spikes "
                               "entering the pool carry different values and their max is not a binary spike; use "
-                              "layer- or channel-wise thresholds or average pooling.")
+                              "maxpool='gated', layer- or channel-wise thresholds, or average pooling.")
 
 
 def check_finite(gm: nn.Module) -> None:
@@ -185,21 +205,19 @@ def check_supported(gm: fx.GraphModule, method: Method) -> None:
             if type(mod) in ACTIVATIONS or isinstance(mod, tuple(ACTIVATIONS)):
                 raise ConversionError(f"{where}: method {method.name!r} converts {[a.__name__ for a in method.activations]}"
                                       f" activations, not {type(mod).__name__}.")
-            if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
-                if not method.allow_maxpool:
-                    raise ConversionError(f"{where}: max pooling has no faithful spiking equivalent in method "
-                                          f"{method.name!r}; use average pooling (nn.AvgPool2d) in the ANN.")
-                _check_maxpool(where, method)
+            if isinstance(mod, MAXPOOLS):
+                if mod.return_indices:
+                    raise ConversionError(f"{where}: max pooling that returns indices has no spiking form.")
+                if method.maxpool == "spikes":
+                    _check_maxpool(where, method)
                 continue
-            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if isinstance(mod, BATCHNORMS):
                 raise ConversionError(f"{where}: unfolded BatchNorm.")
             if not isinstance(mod, STATELESS):
-                raise ConversionError(f"{where}: unsupported layer; snnconv converts conv, linear, BN (folded), "
-                                      "average pooling, flatten, dropout, residual additions and the method's activations.")
+                raise ConversionError(f"{where}: unsupported layer; snnconv converts conv, linear, BN (folded or a "
+                                      "per-channel affine), average and max pooling, flatten, concatenation, dropout, "
+                                      "residual additions and the method's activations.")
         elif node.op == "call_function":
-            if node.target in KNOWN_ACTIVATION_FUNCS:
-                raise ConversionError(f"{where}: activation {getattr(node.target, '__name__', node.target)} is called as a "
-                                      "function in forward(); use an nn.Module (e.g. nn.ReLU) so it can be replaced by neurons.")
             if node.target not in FUNCTIONS:
                 hint = " (a shape read for view/reshape: use nn.Flatten instead)" if node.target is getattr else ""
                 raise ConversionError(f"{where}: unsupported function "
@@ -220,6 +238,21 @@ def activation_nodes(gm: fx.GraphModule, method: Method) -> List[fx.Node]:
     """The activation nodes that become spiking neurons, in graph order."""
     modules = dict(gm.named_modules())
     return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], method.activations)]
+
+
+def maxpool_targets(gm: fx.GraphModule) -> List[str]:
+    """The max-pooling modules of ``gm``, by target, in graph order (normalisation gives each call its own)."""
+    return [n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), MAXPOOLS)]
+
+
+def replace_maxpools(gm: fx.GraphModule, make: Callable[[nn.Module], nn.Module]) -> List[str]:
+    """Swap every max-pooling module for ``make(pool)``, its spiking form (``core.pooling.GatedMaxPool`` or a
+    backend's wrapper of it); returns the targets."""
+    targets = maxpool_targets(gm)
+    for t in targets:
+        set_module(gm, t, make(gm.get_submodule(t)))
+    gm.recompile()
+    return targets
 
 
 def replace_activations(gm: fx.GraphModule, params: Dict[str, NeuronParams],
@@ -253,7 +286,12 @@ class SeqModule(nn.Module):
             return avg_pool_2x2(x)
         return m(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+        if more:  # a layer of several inputs (a concatenation): each [T, B, ...] becomes [T*B, ...]
+            if self.step_mode == "s":
+                return self.module(x, *more)
+            y = self.module(*(a.flatten(0, 1) for a in (x,) + more))
+            return y.view(x.shape[0], x.shape[1], *y.shape[1:])
         if self.step_mode == "s":
             return self._layer(x)
         T = x.shape[0]
@@ -328,9 +366,17 @@ def _fold_plan(gm: fx.GraphModule, node: fx.Node, sigma: torch.Tensor, shapes, p
         mod = modules.get(u.target) if u.op == "call_module" else None
         per_channel = sigma.dim() == 0 or all(d == 1 for d in sigma.shape[1:])
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            if not per_channel or mod.groups != 1:
+            if not per_channel:
                 return False
             plan.append((u.target, sigma.reshape(-1) if sigma.dim() else sigma))
+        elif isinstance(mod, ChannelAffine):  # a*(sigma s) + c = (a sigma) s + c: sigma joins the affine's scale
+            if not per_channel:
+                return False
+            plan.append((u.target, sigma.reshape(-1) if sigma.dim() else sigma))
+        elif isinstance(mod, DATA_MOVEMENT):
+            moved = _moved_factor(mod, u, node, sigma, shapes) if per_channel else None
+            if moved is None or not _fold_plan(gm, u, moved, shapes, plan):
+                return False
         elif isinstance(mod, nn.Linear):
             if sigma.dim() > 1:
                 return False
@@ -358,6 +404,51 @@ def _fold_plan(gm: fx.GraphModule, node: fx.Node, sigma: torch.Tensor, shapes, p
         else:
             return False
     return True
+
+
+def _moved_factor(mod: nn.Module, user: fx.Node, node: fx.Node, sigma: torch.Tensor, shapes) -> Optional[torch.Tensor]:
+    """The per-channel factor after a data-movement layer that ``node``'s (per-channel or scalar) factor ``sigma``
+    enters: the layer applied to the factor itself, the other inputs of a concatenation counting 1. None when the
+    layer moves values across positions within a channel differently, or shapes are unknown."""
+    out_shape = shapes.get(user.name)
+    if out_shape is None:
+        return None
+    rank = len(out_shape) + 1
+    dim = mod.dim % rank if isinstance(mod, (Concat, Chunk)) else 1
+    if dim != 1:  # a split / concatenation along a spatial axis keeps every channel's factor
+        return sigma if isinstance(mod, Chunk) else None
+    if sigma.dim() == 0 and not isinstance(mod, Concat):
+        return sigma  # one factor for every channel stays one factor under any channel permutation or selection
+    tail = (1,) * (len(out_shape) - 1)
+
+    def channels(n: fx.Node, f: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        shape = shapes.get(n.name)
+        if shape is None:
+            return None
+        return (torch.ones(shape[0]) if f is None else f.reshape(-1).expand(shape[0])).reshape(1, shape[0], *tail)
+
+    if isinstance(mod, Concat):
+        if sum(a is node for a in user.args) != 1:
+            return None
+        parts = [channels(a, sigma if a is node else None) for a in user.args]
+        if any(p is None for p in parts):
+            return None
+        return mod(*parts).reshape(-1, *tail)
+    moved = channels(node, sigma)
+    return None if moved is None else mod(moved).reshape(-1, *tail)
+
+
+def scaled_weight(lin: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    """``lin``'s weight with input channel (or feature) i multiplied by ``f[i]`` (``f`` scalar or per input channel);
+    a grouped conv's weight ``[O, I/g, ...]`` takes the factors of its own group's inputs."""
+    w = lin.weight
+    if not f.dim():
+        return w * f.to(w)
+    groups = getattr(lin, "groups", 1)
+    if groups == 1:
+        return w * f.to(w).reshape([1, -1] + [1] * (w.dim() - 2))
+    per_out = f.to(w).reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)  # [O, I/g]
+    return w * per_out.reshape(*per_out.shape, *([1] * (w.dim() - 2)))
 
 
 def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -388,10 +479,11 @@ def fold_spike_values(gm: fx.GraphModule, values: Dict[str, Tuple[torch.Tensor, 
         if same and bool((pos > 0).all()) and _fold_plan(gm, node, pos, shapes, plan):
             for layer, f in plan:
                 lin = gm.get_submodule(layer)
-                w = lin.weight
-                shape = [1, -1] + [1] * (w.dim() - 2) if f.dim() else []
                 new = copy.deepcopy(lin)  # never change a module shared with the caller
-                new.weight = nn.Parameter(w * (f.to(w).reshape(shape) if f.dim() else f.to(w)))
+                if isinstance(lin, ChannelAffine):
+                    new.scale = lin.scale * f.to(lin.scale)
+                else:
+                    new.weight = nn.Parameter(scaled_weight(lin, f))
                 set_module(gm, layer, new)
             how[target] = "folded"
             continue

@@ -1,19 +1,23 @@
-"""The conversion order, written once: ANN -> fold BN -> check -> thresholds -> calibration passes -> fold spike
-values -> neurons.
+"""The conversion order, written once: ANN -> normalise -> fold BN -> check -> thresholds -> calibration passes ->
+fold spike values -> neurons (and max pooling in its spiking form).
 
 Three stages, each one function, run in this order by :func:`convert_graph` (the snnTorch plugin, ``auto`` through
 the backends) and by SpikingJelly's ``FXConverter`` lifecycle, whose hooks call the same three functions
 (``after_trace`` -> :func:`prepare`, ``calibrate`` -> :func:`set_parameters`, ``replace`` -> :func:`finish`):
 
-1. :func:`prepare`: activation functions back into modules, BatchNorm folded into the layer before it
-   (methods.md "Common ground"), and every node checked (refused by name if the method cannot convert it);
+1. :func:`prepare`: the graph normalised (``normalize.normalize``: one module per activation call, clipped
+   activations, BatchNorm anywhere, data-movement idioms; each rewrite in ``gm.meta["snnconv_rewrites"]``),
+   BatchNorm folded into the layer before it (methods.md "Common ground"), and every node checked (refused by name
+   if the method cannot convert it);
 2. :func:`set_parameters`: thresholds from the calibration data, then the method's lambda scaling/search and
    calibration passes, simulated with the backend's own nodes (``calibrate.calibrate``);
 3. :func:`finish`: what each spike is worth folded into the next layer's weights (DNISNM Eq. 18), activations
-   replaced by the backend's neurons; ``gm.meta`` records the method, its options, its T and the folding.
+   replaced by the backend's neurons, max pooling by its gated spiking form (``core.pooling``, unless the method
+   pools spikes plainly, ``maxpool="spikes"``); ``gm.meta`` records the method, its options, its T and the folding.
 
 A backend supplies two factories: ``sim_node(params)``, a module that runs one layer over a window ``[T, ...]``
-during calibration, and ``neuron(params)``, the neuron the converted network keeps.
+during calibration, and ``neuron(params)``, the neuron the converted network keeps; optionally ``pool(maxpool)``,
+the gated max pooling the converted network keeps (default ``core.pooling.GatedMaxPool``, multi-step).
 """
 from __future__ import annotations
 
@@ -26,20 +30,23 @@ from torch import fx
 
 from ..core.checks import as_loader, check_eval
 from ..core.neuron import NeuronParams, spike_values
-from . import graph
+from ..core.pooling import GatedMaxPool
+from . import graph, normalize
 from .calibrate import calibrate
 from .registry import Method, changed_options
 
 __all__ = ["prepare", "set_parameters", "finish", "convert_graph", "convert_model", "STAGES"]
 
 NodeFactory = Callable[[NeuronParams], nn.Module]
+PoolFactory = Callable[[nn.Module], nn.Module]
 STAGES = ("prepare", "set_parameters", "finish")
 
 
 def prepare(gm: fx.GraphModule, method: Method) -> fx.GraphModule:
-    """Stage 1: relift traced activation functions, fold BN, refuse what ``method`` cannot convert (naming it)."""
-    gm = graph.fold_bn(graph.relift_activations(gm))
+    """Stage 1: normalise the graph, fold BN, refuse what ``method`` cannot convert (naming it)."""
+    gm = graph.fold_bn(normalize.normalize(gm))
     graph.check_supported(gm, method)
+    gm.meta["snnconv_maxpool"] = method.maxpool  # calibration simulates max pooling in the form the network keeps
     return gm
 
 
@@ -49,11 +56,14 @@ def set_parameters(gm: fx.GraphModule, method: Method, data: Iterable, sim_node:
     return calibrate(gm, method, as_loader(data), max_batches=max_batches, progress=progress, node=sim_node)
 
 
-def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], neuron: NodeFactory
-           ) -> fx.GraphModule:
-    """Stage 3: binary spikes (spike values folded into weights, or a ``Scale`` where not exact), neurons in place."""
+def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], neuron: NodeFactory,
+           pool: Optional[PoolFactory] = None) -> fx.GraphModule:
+    """Stage 3: binary spikes (spike values folded into weights, or a ``Scale`` where not exact), neurons in place,
+    max pooling gated (Rueckauer et al. 2017 Sec. 2.3) unless ``method.maxpool == "spikes"``."""
     folding = graph.fold_spike_values(gm, {t: spike_values(p) for t, p in params.items()})
     gm = graph.replace_activations(gm, params, neuron)
+    if method.maxpool == "gated":
+        graph.replace_maxpools(gm, pool or GatedMaxPool)
     gm.meta["snnconv_method"] = method.name
     gm.meta["snnconv_folding"] = dict(folding)
     gm.meta["snnconv_options"] = changed_options(method)
@@ -63,21 +73,21 @@ def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], 
 
 def convert_graph(gm: fx.GraphModule, method: Method, data: Iterable, neuron: NodeFactory,
                   sim_node: Optional[NodeFactory] = None, max_batches: Optional[int] = None,
-                  progress: bool = True) -> fx.GraphModule:
+                  progress: bool = True, pool: Optional[PoolFactory] = None) -> fx.GraphModule:
     """The three stages in order on a traced ANN ``gm`` (edited in place)."""
     gm = prepare(gm, method)
     params = set_parameters(gm, method, data, sim_node or neuron, max_batches, progress)
-    return finish(gm, method, params, neuron)
+    return finish(gm, method, params, neuron, pool)
 
 
 def convert_model(model: nn.Module, method: Method, data: Iterable, neuron: NodeFactory,
                   sim_node: Optional[NodeFactory] = None, max_batches: Optional[int] = None,
-                  progress: bool = True) -> fx.GraphModule:
+                  progress: bool = True, pool: Optional[PoolFactory] = None) -> fx.GraphModule:
     """Trace a copy of ``model`` (eval mode) and convert it with :func:`convert_graph`."""
     if data is None:
         raise ValueError("convert() needs calib_data: a DataLoader or Dataset of calibration images")
     check_eval(model)
-    return convert_graph(graph.trace(copy.deepcopy(model)), method, data, neuron, sim_node, max_batches, progress)
+    return convert_graph(graph.trace(copy.deepcopy(model)), method, data, neuron, sim_node, max_batches, progress, pool)
 
 
 def _calls(fn: Callable) -> list:

@@ -11,9 +11,10 @@ from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch.nn as nn
 
-__all__ = ["Method", "register", "get", "methods", "changed_options", "CALIBRATION_OPTIONS", "CALIBRATION_PASSES"]
+__all__ = ["Method", "register", "get", "methods", "changed_options", "CALIBRATION_OPTIONS", "CALIBRATION_PASSES",
+           "MAXPOOL_MODES"]
 
-from ..core.activations import QCFS, AtLeakyReLU, Clamp, StReLU, ThresholdReLU, TReLU
+from ..core.activations import QCFS, AtLeakyReLU, Clamp, ClippedReLU, StReLU, ThresholdReLU, TReLU
 from ..core.checks import is_number, positive_int, positive_number
 from . import alphabeta  # noqa: F401  (registers the 'datta' threshold strategy, Datta & Beerel Algorithm 1)
 from . import thresholds
@@ -33,13 +34,16 @@ class Method:
     memory: bool = False  # SNM memory (DNISNM Eqs. 19-23)
     amplitude: float = 1.0  # spike carries amplitude*theta (Datta Eq. 8)
     leak: float = 1.0
-    activations: Tuple[Type[nn.Module], ...] = (nn.ReLU,)
+    # ReLU and the fixed clips ReLU6 / Hardtanh(0, b) become (graph normalisation), threshold capped at the clip
+    activations: Tuple[Type[nn.Module], ...] = (nn.ReLU, ClippedReLU)
     calibration: Tuple[str, ...] = ()  # passes of calibrate.calibrate_layers: "bias", "weights", "potential"
     calibration_options: Dict = field(default_factory=dict)  # samples, iters, lr, bias_iters, ...
     T: Optional[int] = None  # time steps the conversion is tuned for (MMSE, lambda search, calibration)
     scale: Union[float, str] = 1.0  # lambda: thresholds times lambda (TTRBR Sec. 4); "search": pick from scale_grid
     scale_grid: Tuple[float, ...] = tuple(round(0.60 + 0.05 * i, 2) for i in range(21))  # {0.60, ..., 1.60}
-    allow_maxpool: bool = False
+    # max pooling: "gated", Rueckauer et al. 2017 Sec. 2.3 (core.pooling); "spikes", the plain max of binary spikes
+    # (Datta & Beerel Sec. IV-A, SpikingJelly's MaxPool2d over spikes)
+    maxpool: str = "gated"
     reference: str = ""
 
     def __post_init__(self) -> None:
@@ -57,9 +61,12 @@ class Method:
             raise bad("fire_at", self.fire_at, "it is a fraction of theta in (0, 1]")
         if self.v0 not in ("zero", "half"):
             raise bad("v0", self.v0, "use 'zero' or 'half' (theta/2, DNISNM Sec. 4.1)")
-        for flag in ("signed", "memory", "allow_maxpool"):
+        for flag in ("signed", "memory"):
             if not isinstance(getattr(self, flag), bool):
                 raise bad(flag, getattr(self, flag), "use True or False")
+        if self.maxpool not in MAXPOOL_MODES:
+            raise bad("maxpool", self.maxpool, f"use one of {MAXPOOL_MODES}: 'gated' (Rueckauer et al. 2017 Sec. 2.3) "
+                      "or 'spikes' (the max of binary spikes, Datta & Beerel Sec. IV-A)")
         if self.memory and not self.signed:
             raise bad("memory", self.memory, "SNM memory needs a signed neuron (signed=True)")
         if not positive_number(self.amplitude):
@@ -96,6 +103,9 @@ class Method:
         Datta). Refuses options the method would ignore: ``T`` on a method whose thresholds do not depend on T, a
         threshold option its strategy does not take. With ``threshold=`` changed, the method's own threshold
         options carry over where the new strategy takes them."""
+        if "allow_maxpool" in options:
+            raise TypeError(f"method {self.name!r}: allow_maxpool was replaced by maxpool=: 'spikes' is the max of binary "
+                            "spikes (what allow_maxpool=True did), 'gated' the default (Rueckauer et al. 2017 Sec. 2.3)")
         threshold = options.get("threshold", self.threshold)
         accepted = thresholds.options(threshold) if threshold in thresholds.names() else None
         topts = dict(self.threshold_options)
@@ -132,6 +142,7 @@ class Method:
 
 # options forwarded to the threshold strategy (thresholds.get)
 THRESHOLD_OPTIONS = ("p", "granularity", "cap", "N", "rounding", "loss")
+MAXPOOL_MODES = ("gated", "spikes")
 # options forwarded to calibrate.calibrate_layers (Li et al. 2022, Algorithm 2)
 CALIBRATION_OPTIONS = ("samples", "iters", "lr", "batch", "momentum", "bias_iters", "seed", "ridge")
 CALIBRATION_PASSES = ("bias", "weights", "potential", "readout")  # calibrate.PASSES
@@ -204,11 +215,11 @@ register(Method("dni-percentile", "DNI with a robust per-neuron threshold: each 
                 threshold="percentile", threshold_options={"p": 99.0, "granularity": "neuron", "cap": 2048}, v0="half",
                 reference="Wang et al. 2024, Sec. 4.1 (percentile: snnconv)"))
 register(Method("snm", "SNM: signed neuron with memory, thresholds +-layer max (Eqs. 19-23).",
-                threshold="max", signed=True, memory=True, reference="Wang et al. 2024, Sec. 4.2"))
+                threshold="max", signed=True, memory=True, activations=(nn.ReLU,), reference="Wang et al. 2024, Sec. 4.2"))
 register(Method("dni+snm", "DNISNM: per-neuron max thresholds, signed neuron with memory firing at +-theta/2 (the "
                 "theta/2 start of Algorithm 1 applied to both signs, so the leftover window is [-theta/2, theta/2)).",
                 threshold="max", threshold_options={"granularity": "neuron"}, fire_at=0.5, signed=True, memory=True,
-                reference="Wang et al. 2024, Algorithm 1"))
+                activations=(nn.ReLU,), reference="Wang et al. 2024, Algorithm 1"))
 
 
 # --- Li et al. 2022 parameter calibration: thresholds (calibration passes come with their issue) ------
@@ -263,17 +274,17 @@ register(Method("ttrbr-plain", "TTRBR ablation without lambda: 99.9th percentile
 # --- Datta & Beerel 2022: alpha/beta search (Algorithm 1, Eq. 8); max pooling kept (Sec. IV-A) -------------------
 _DATTA_ACTS = (Clamp, ThresholdReLU, TReLU, nn.ReLU)
 register(Method("datta", "Threshold alpha*mu and spikes worth beta*alpha*mu from Algorithm 1's percentile search for the "
-                "given T (option T=...) with its signed loss as printed, IF with soft reset, max pooling allowed.",
+                "given T (option T=...) with its signed loss as printed, IF with soft reset, max pooling of binary spikes.",
                 threshold="datta", threshold_options={"T": 2}, T=2, activations=_DATTA_ACTS,
-                allow_maxpool=True, reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
+                maxpool="spikes", reference="Datta & Beerel 2022, Sec. III-B, Algorithm 1, Eq. 8"))
 register(Method("datta-abs", "Algorithm 1 with the absolute loss (sum of abs(DNN - SNN) over the percentiles instead of the "
                 "printed signed sum, which any alpha with beta = A/B <= 2 zeroes) for the given T (option T=...), IF "
-                "with soft reset, max pooling allowed.", threshold="datta", threshold_options={"T": 2, "loss": "abs"},
-                T=2, activations=_DATTA_ACTS, allow_maxpool=True,
+                "with soft reset, max pooling of binary spikes.", threshold="datta", threshold_options={"T": 2, "loss": "abs"},
+                T=2, activations=_DATTA_ACTS, maxpool="spikes",
                 reference="Datta & Beerel 2022, Algorithm 1 (snnconv's unsigned loss), Eq. 8"))
 register(Method("datta-mu", "Threshold = the trained threshold-ReLU level mu (alpha = beta = 1, Algorithm 1's start), "
-                "IF with soft reset, max pooling allowed.", threshold="activation", activations=(Clamp, ThresholdReLU, TReLU),
-                allow_maxpool=True, reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))
+                "IF with soft reset, max pooling of binary spikes.", threshold="activation", activations=(Clamp, ThresholdReLU, TReLU),
+                maxpool="spikes", reference="Datta & Beerel 2022, Sec. II-B, Fig. 2"))
 
 # --- QCFS (Bu et al., ICLR 2022): an ANN trained with quantization clip-floor-shift activations -------------------
 register(Method("qcfs", "QCFS ANN (Eq. 15) to IF with soft reset: theta = the trained lambda, v0 = theta/2 (the shift "

@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional, Type
 import torch
 import torch.nn as nn
 
-__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "QCFS", "qcfs_levels", "LEAF_FUNCTIONS",
+__all__ = ["StReLU", "TReLU", "AtLeakyReLU", "Clamp", "ThresholdReLU", "ClippedReLU", "QCFS", "qcfs_levels", "LEAF_FUNCTIONS",
            "ACTIVATIONS", "BY_NAME", "register_activation"]
 
 
@@ -39,6 +39,11 @@ def clamp_act(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 def threshold_relu(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """clip(x, 0, mu) with a trainable threshold mu (Datta & Beerel 2022, Eq. 1)."""
     return torch.minimum(torch.relu(x), mu)
+
+
+def clipped_relu(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """clip(x, 0, bound) with a fixed bound (ReLU6, Hardtanh(0, b))."""
+    return torch.minimum(torch.relu(x), bound)
 
 
 class _FloorSTE(torch.autograd.Function):
@@ -75,6 +80,7 @@ torch.fx.wrap("threshold_relu")
 torch.fx.wrap("clamp_act")
 torch.fx.wrap("trelu")
 torch.fx.wrap("atleakyrelu")
+torch.fx.wrap("clipped_relu")
 
 
 class _Bounded(nn.Module):
@@ -212,6 +218,19 @@ class QCFS(Clamp):
         return f"lam={self.bound:.4g}, levels={self.levels}, shift={self.shift:g}"
 
 
+class ClippedReLU(Clamp):
+    """A fixed clip clip(x, 0, b) of the source model (``nn.ReLU6``: b = 6, ``nn.Hardtanh(0, b)``), which graph
+    normalisation puts in their place. Every unsigned method converts it: an IF neuron with threshold theta <= b
+    fires at most once per step, so its scaled rate is clamp(x, 0, theta) (TTRBR Eq. 7), the clip itself when
+    theta = b; calibration caps each method's threshold at b."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clipped_relu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"bound={self.bound:.4g}"
+
+
 def _qcfs_factory(levels: int):
     def make() -> QCFS:
         return QCFS(levels=levels)
@@ -220,11 +239,11 @@ def _qcfs_factory(levels: int):
 
 
 LEAF_FUNCTIONS = {strelu: StReLU, trelu: TReLU, atleakyrelu: AtLeakyReLU, clamp_act: Clamp,
-                  threshold_relu: ThresholdReLU, qcfs_act: QCFS}
+                  threshold_relu: ThresholdReLU, qcfs_act: QCFS, clipped_relu: ClippedReLU}
 # The one activation registry: ANN activation types the converter understands -> whether their output is signed
 # (a signed output needs a negative threshold theta_neg).
 ACTIVATIONS: Dict[Type[nn.Module], bool] = {nn.ReLU: False, StReLU: True, TReLU: False, AtLeakyReLU: True,
-                                            Clamp: False, ThresholdReLU: False, QCFS: False}
+                                            Clamp: False, ThresholdReLU: False, QCFS: False, ClippedReLU: False}
 
 # Activation names for ``models.build`` and ``snnconv train --act``: name -> zero-argument factory.
 BY_NAME: Dict[str, Callable[[], nn.Module]] = {

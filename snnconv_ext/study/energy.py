@@ -80,8 +80,10 @@ def constants(spec: Union[str, Constants, Tuple[float, float]]) -> Constants:
 
 # ---------------------------------------------------------------------------------------------- structure
 
+# channel-wise (or channel-moving) layers a spike passes unchanged in where it reaches: a probe of one channel
+# counts the same through them (a concatenation only renumbers channels; an affine scales the current)
 _IDENTITY_NAMES = {"Scale", "VoltageScaler", "ChannelVoltageScaler", "Identity", "Dropout", "Dropout2d",
-                   "BatchNorm1d", "BatchNorm2d"}
+                   "BatchNorm1d", "BatchNorm2d", "ChannelAffine", "Concat"}
 
 
 def _plain(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +143,8 @@ def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str,
             where = f"module {node.target!r} ({type(inner).__name__})"
             if isinstance(inner, WEIGHTED):
                 record(node.target, _connections(inner, x, where))
+            elif type(inner).__name__ == "GatedMaxPool":  # core's or a backend's: reaches what its window reaches
+                env[node] = _plain(inner.pool, x.abs())
             elif is_spiking(mod) or is_stateful(mod):
                 record(node.target, (x.flatten(1) != 0).sum(1))  # identity synapses (residual path)
             elif isinstance(inner, POOLS):

@@ -253,14 +253,17 @@ def test_maxpool_of_spikes_hand_example():
 
 def test_maxpool_refusals():
     relu_net = _pool_net(nn.ReLU())
-    with pytest.raises(ConversionError, match="max pooling has no faithful"):
-        sc.convert(relu_net, "max", _calib((1, 2, 2)), progress=False)
     with pytest.raises(ConversionError, match="signed spikes"):
-        sc.convert(relu_net, "snm", _calib((1, 2, 2)), progress=False, allow_maxpool=True)
+        sc.convert(relu_net, "snm", _calib((1, 2, 2)), progress=False, maxpool="spikes")
     with pytest.raises(ConversionError, match="own threshold"):
-        sc.convert(relu_net, "dni", _calib((1, 2, 2)), progress=False, allow_maxpool=True)
-    snn = sc.convert(relu_net, "max", _calib((1, 2, 2)), progress=False, allow_maxpool=True)  # binary: allowed
-    assert snn is not None
+        sc.convert(relu_net, "dni", _calib((1, 2, 2)), progress=False, maxpool="spikes")
+    with pytest.raises(TypeError, match="allow_maxpool was replaced by maxpool="):
+        sc.convert(relu_net, "max", _calib((1, 2, 2)), progress=False, allow_maxpool=True)
+    snn = sc.convert(relu_net, "max", _calib((1, 2, 2)), progress=False, maxpool="spikes")  # binary: allowed
+    assert any(isinstance(m, nn.MaxPool2d) for m in snn.modules())
+    for method in ("max", "snm", "dni"):  # the default gated form converts every method (tests/conversion/test_normalize)
+        snn = sc.convert(relu_net, method, _calib((1, 2, 2)), progress=False)
+        assert any(type(m).__name__ == "GatedMaxPool" for m in snn.modules()), method
 
 
 def test_datta_refusals():

@@ -140,8 +140,8 @@ def test_weight_norm_option_is_gone_with_a_clear_message(trained_cnn, calib):
 
 def test_signed_refusals():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), StReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 2)).eval()
-    with pytest.raises(graph.ConversionError, match=r"MaxPool2d.*max pooling"):
-        sc.convert(net, "strelu", [torch.rand(4, 1, 6, 6)], progress=False)
+    with pytest.raises(graph.ConversionError, match=r"MaxPool2d.*max pooling of signed spikes"):
+        sc.convert(net, "strelu", [torch.rand(4, 1, 6, 6)], progress=False, maxpool="spikes")
     relu_net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
     with pytest.raises(graph.ConversionError, match=r"converts \['StReLU'\] activations, not ReLU"):
         sc.convert(relu_net, "strelu", [torch.rand(4, 4)], progress=False)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron as sj_neuron
+import snnconv_spikingjelly  # noqa: F401  (registers SpikingJelly's nodes, so graph_of keeps IFNode a leaf)
 
 from snnconv_ext import energy
 from snnconv_ext.core.simulation import simulate_net
@@ -224,3 +225,19 @@ def test_counts_on_cuda_equal_cpu(calib):
     for T in (2, 8):
         assert res["cuda"][1][T].spikes == pytest.approx(res["cpu"][1][T].spikes, rel=1e-3)
         assert res["cuda"][1][T].total_synops == pytest.approx(res["cpu"][1][T].total_synops, rel=1e-3)
+
+
+def test_affine_and_gated_pool_are_followed_through():
+    # a BatchNorm after the neurons (kept as a per-channel affine, issue 29) and a gated max pool pass a spike on to
+    # where their window reaches: 2x2 pooling of [1, 4, 4] spikes, then a linear layer of 3 outputs, so every spike
+    # costs 3 operations (each input position lies in exactly one window)
+    from snnconv_ext.core.layers import ChannelAffine
+    from snnconv_ext.core.pooling import GatedMaxPool
+    torch.manual_seed(0)
+    net = nn.Sequential(_if(), SeqModule(ChannelAffine(torch.tensor([2.0]), torch.tensor([0.5]))),
+                        GatedMaxPool(nn.MaxPool2d(2)), SeqModule(nn.Flatten()), SeqModule(nn.Linear(4, 3)))
+    x = torch.rand(2, 1, 4, 4)
+    T = 9
+    rep = _run(net, x, T)
+    assert rep.synops["4"] == pytest.approx(3 * rep.spikes["0"])
+    assert rep.spikes["0"] > 0
