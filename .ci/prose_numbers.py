@@ -13,7 +13,8 @@ For each chapter in _toc.yml, every number in a markdown cell must be one of:
 
 It fails naming the chapter, the cell and the number.
 
-    python .ci/prose_numbers.py [--build _build] [--root .] [--list]
+    python .ci/prose_numbers.py [--build _build] [--root .]
+    python .ci/prose_numbers.py --nb book/X.ipynb --executed X.out.ipynb   # one chapter against one executed copy
 """
 from __future__ import annotations
 
@@ -136,7 +137,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=ROOT)
     ap.add_argument("--build", type=Path, default=None)
+    ap.add_argument("--nb", type=Path, default=None, help="one chapter (with --executed: an executed copy of it)")
+    ap.add_argument("--executed", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.nb is not None:
+        if args.executed is None:
+            ap.error("--nb needs --executed: the chapter executed, e.g. by jupyter nbconvert --execute")
+        nb, executed = (nbformat.read(p, as_version=4) for p in (args.nb, args.executed))
+        bad = check_notebook(nb, executed)
+        print(f"  {args.nb.name:<28} {count_numbers(nb):4d} numbers checked, {len(bad)} not from the run")
+        print("\n".join(f"      {line}" for line in bad))
+        return int(bool(bad))
     root = args.root.resolve()
     cache = get_cache(str((args.build or root / "_build") / ".jupyter_cache"))
     status = 0
