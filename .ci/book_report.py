@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = get_cache(str(cache_dir))
     tracebacks = {Path(r.uri).resolve(): r.traceback for r in cache.list_project_records() if r.traceback}
 
-    bad, total = 0, 0.0
-    print(f"\nBook chapters (execution times from {cache_dir}; per-cell timeout {timeout} s):")
+    bad, total, total_cpu = 0, 0.0, 0.0
+    print(f"\nBook chapters (wall and CPU seconds of each run, from {cache_dir}; per-cell timeout {timeout} s):")
     for path in toc_notebooks(root):
         rel = path.relative_to(root)
         nb = nbformat.read(path, as_version=4)
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             record = None
         if record is not None:
             secs = record.data.get("execution_seconds") or 0.0
+            cpu = record.data.get("cpu_seconds")     # .ci/run_chapters.py measures it; myst-nb's own runs do not
             total += secs
+            total_cpu += cpu or 0.0
             when = record.created.strftime("%Y-%m-%d %H:%M")
-            print(f"  {str(rel):<28} ok      {secs:8.1f} s   (executed {when})")
+            cpu_text = f"{cpu:8.1f} CPU s" if cpu is not None else f"{'':>8} CPU s n/a"
+            print(f"  {str(rel):<28} ok      {secs:8.1f} s {cpu_text}   (executed {when})")
             cells = cache.get_cache_bundle(record.pk).nb.metadata.get(CELL_SECONDS) or []
             slow = sorted(((s, i) for i, s in enumerate(cells) if s), reverse=True)[:args.slowest]
             for s, i in slow:
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "TIMED OUT" if "CellTimeoutError" in tb or "timed out" in tb else "FAILED"
         print(f"  {str(rel):<28} {kind} in {where}; traceback:")
         print("      " + "\n      ".join(tb.strip().splitlines()[-40:]))
-    print(f"  {'total':<28}         {total:8.1f} s of execution for the cached chapters"
+    print(f"  {'total':<28}         {total:8.1f} s {total_cpu:8.1f} CPU s of execution for the cached chapters"
           f" (report at {datetime.now():%H:%M})")
     return 1 if bad else 0
 

@@ -39,8 +39,16 @@ EXPECTED_S = {"calibration": 850, "ttrbr": 440, "dnisnm": 210, "strelu": 175, "c
               "datta": 195, "qcfs": 56}
 
 
+# appended to a chapter for its run only (removed before the notebook is cached): the kernel's CPU seconds, its own
+# and its subprocesses', so a chapter's cost reads the same on an idle and on a busy machine
+_CPU_PROBE = ("import resource as _r\n"
+              "print('snnconv-cpu-seconds', sum(u.ru_utime + u.ru_stime for u in (_r.getrusage(_r.RUSAGE_SELF), "
+              "_r.getrusage(_r.RUSAGE_CHILDREN))))")
+
+
 def _execute(path: str, timeout: int, threads: int):
-    """Worker: execute one chapter with ``threads`` threads per kernel; return the executed notebook."""
+    """Worker: execute one chapter with ``threads`` threads per kernel; return the executed notebook, its wall and
+    CPU seconds (the kernel's and its subprocesses', None when it failed) and the traceback of a failure."""
     import traceback
 
     from nbclient import NotebookClient
@@ -55,14 +63,17 @@ def _execute(path: str, timeout: int, threads: int):
                             record_timing=True,
                             resources={"metadata": {"path": str(Path(path).parent)}})
     client.comm_open_handlers = {"jupyter.widget": lambda msg: None}   # no Output-widget front end (see above)
-    error, t0 = None, time.perf_counter()
+    nb.cells.append(nbformat.v4.new_code_cell(_CPU_PROBE))
+    error, t0, cpu = None, time.perf_counter(), None
     try:
         client.execute()
+        cpu = float(nb.cells[-1].outputs[0]["text"].split()[-1])
     except (CellExecutionError, CellTimeoutError, DeadKernelError):
         error = traceback.format_exc()
     secs = time.perf_counter() - t0
+    nb.cells.pop()
     keep_cell_seconds(nb)
-    return path, nbformat.writes(nb), secs, error
+    return path, nbformat.writes(nb), secs, cpu, error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_execute, str(p), timeout, threads) for p in todo]
         for fut in as_completed(futures):
-            path, text, secs, error = fut.result()
+            path, text, secs, cpu, error = fut.result()
             record = cache.add_nb_to_project(path)
             NbProjectRecord.remove_tracebacks([record.pk], cache.db)
             name = Path(path).relative_to(root)
@@ -111,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 continue
             cache.cache_notebook_bundle(CacheBundleIn(nbformat.reads(text, as_version=4), record.uri,
-                                                      data={"execution_seconds": secs}),
+                                                      data={"execution_seconds": secs, "cpu_seconds": cpu}),
                                         check_validity=False, overwrite=True)
-            print(f"  {name}: executed in {secs:.0f} s (at {time.time() - t0:.0f} s)", flush=True)
+            print(f"  {name}: executed in {secs:.0f} s, {cpu:.0f} CPU s (at {time.time() - t0:.0f} s)", flush=True)
     print(f"chapters done in {time.time() - t0:.0f} s, {failed} failed", flush=True)
     return 1 if failed else 0
 

@@ -59,7 +59,8 @@ def set_parameters(gm: fx.GraphModule, method: Method, data: Iterable, sim_node:
 def finish(gm: fx.GraphModule, method: Method, params: Dict[str, NeuronParams], neuron: NodeFactory,
            pool: Optional[PoolFactory] = None) -> fx.GraphModule:
     """Stage 3: binary spikes (spike values folded into weights, or a ``Scale`` where not exact), neurons in place,
-    max pooling gated (Rueckauer et al. 2017 Sec. 2.3) unless ``method.maxpool == "spikes"``."""
+    max pooling in its spiking form. Max pooling is gated (Rueckauer et al. 2017, Sec. 2.3) unless
+    ``method.maxpool == "spikes"`` (the plain max of binary spikes)."""
     folding = graph.fold_spike_values(gm, {t: spike_values(p) for t, p in params.items()})
     gm = graph.replace_activations(gm, params, neuron)
     if method.maxpool == "gated":
