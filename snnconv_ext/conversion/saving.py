@@ -229,14 +229,17 @@ def _versions() -> Dict[str, Optional[str]]:
     return out
 
 
-def save(snn: nn.Module, path: str | os.PathLike) -> Path:
+def save(snn: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the converted network ``snn`` (either backend, fine-tuned or not) to ``path`` as data (see the
     module doc), atomically: an interrupted save leaves the old file or the whole new one. Returns the path.
 
-    Refuses, before any work, a path that is a folder or whose folder is missing, a network that is not a
-    converted one, and a layer, function or setting that cannot be written as data (naming it).
+    Refuses, before any work, a path that is a folder or whose folder is missing, an existing file unless
+    ``overwrite=True``, a network that is not a converted one, and a layer, function or setting that cannot be
+    written as data (naming it).
     """
     path = _check_target(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"save: {path} exists; pass overwrite=True to replace it")
     if not isinstance(snn, (fx.GraphModule, nn.Sequential)):
         raise TypeError(f"save {path}: snn must be a converted network (the GraphModule or nn.Sequential that "
                         f"sc.convert returns), got {type(snn).__name__}")

@@ -236,8 +236,19 @@ def test_interrupted_save_keeps_the_old_file(zoo_models, calib, tmp_path, monkey
         raise KeyboardInterrupt
     monkeypatch.setattr("snnconv_ext.core.files.torch.save", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        sc.save(snn, path)
+        sc.save(snn, path, overwrite=True)
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["snn.pt"]
+
+
+def test_an_existing_file_is_replaced_only_when_asked(zoo_models, calib, images, tmp_path):
+    snn = convert(zoo_models, calib, "max")
+    path = tmp_path / "snn.pt"
+    path.write_bytes(b"somebody's file")
+    with pytest.raises(FileExistsError, match=f"save: {path} exists; pass overwrite=True"):
+        sc.save(snn, path)
+    assert path.read_bytes() == b"somebody's file"
+    sc.save(snn, path, overwrite=True)
+    assert torch.equal(outputs(sc.load(path), images), outputs(snn, images))
 
 
 # --- refusals: one line naming the file (or the layer) ---------------------------------------------------------
