@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..core.activations import ACTIVATIONS, ClippedReLU
 from ..core.checks import ConversionError, as_loader, check_eval, check_T
-from ..core.nodes import spiking_modules
+from ..core.nodes import spike_hooks
 from ..core.simulation import evaluate
 from .backends import convert_method, plugin
 from .calibrate import collect
@@ -189,13 +189,8 @@ def convert_auto(model: nn.Module, calib_data: Iterable, T: Optional[int] = None
 def _score(snn: nn.Module, held: TensorDataset, T: int, device: torch.device) -> Tuple[float, float]:
     """Held-out accuracy (%) at ``T`` and spikes per image (every nonzero node output), from one simulation."""
     counts = []
-    hooks = [m.register_forward_hook(lambda m, i, o: counts.append(o.ne(0).sum(dtype=torch.float64)))
-             for m in spiking_modules(snn).values()]
-    try:
+    with spike_hooks(snn, lambda target, events: counts.append(events.sum(dtype=torch.float64))):
         acc = evaluate(snn, held, [T], batch_size=128, device=device, progress=False)[T]
-    finally:
-        for h in hooks:
-            h.remove()
     return acc, float(sum(counts)) / len(held)
 
 
