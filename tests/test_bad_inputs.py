@@ -690,6 +690,10 @@ def test_custom_autograd_activation_is_not_told_to_use_flatten():
 @pytest.mark.parametrize("method, kw, msg", [
     ("percentile", {"T": 4}, "method 'percentile': option T=4 would be ignored: its thresholds do not depend on T"),
     ("max", {"p": 99.0}, r"method 'max': option\(s\) \['p'\] do not apply to its 'max' thresholds"),
+    ("dni+snm", {"samples": 128}, r"method 'dni\+snm': option\(s\) \['samples'\] would be ignored: it has no "
+                                  r"calibration passes and no lambda search"),
+    ("ttrbr", {"T": 2, "iters": 50}, r"method 'ttrbr': option\(s\) \['iters'\] would be ignored: it has no "
+                                     r"calibration passes \(its lambda search reads samples only\)"),
 ])
 def test_options_a_method_would_ignore_are_refused(method, kw, msg):
     with pytest.raises((ValueError, TypeError), match=msg):

@@ -53,7 +53,9 @@ PLAN: Tuple[Part, ...] = (
     Part("Net4", "fmnist-net4-strelu", ("strelu",)),
     Part("Net4", "fmnist-net4-datta", ("datta-abs",)),
     Part("Net4", "fmnist-net4-qcfs4", ("qcfs",)),
-    Part("VGG-BN", "fmnist-vgg-bn", ("dni+snm", "lcp+acp") + SJ_ROWS, n_test=1000, options=(("samples", 128),)),
+    Part("VGG-BN", "fmnist-vgg-bn", ("dni+snm",), n_test=1000),
+    Part("VGG-BN", "fmnist-vgg-bn", ("lcp+acp",), n_test=1000, options=(("samples", 128),)),
+    Part("VGG-BN", "fmnist-vgg-bn", SJ_ROWS, n_test=1000),
     Part("VGG-BN", "fmnist-vgg-bn-qcfs4", ("qcfs",), n_test=1000),
 )
 

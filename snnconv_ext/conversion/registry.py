@@ -114,9 +114,8 @@ class Method:
         given = {key: options.pop(key) for key in THRESHOLD_OPTIONS if key in options}
         topts.update(given)
         copts = dict(self.calibration_options)
-        for key in CALIBRATION_OPTIONS:
-            if key in options:
-                copts[key] = options.pop(key)
+        cgiven = {key: options.pop(key) for key in CALIBRATION_OPTIONS if key in options}
+        copts.update(cgiven)
         if "T" in options and options["T"] is not None:
             if not positive_int(options["T"]):
                 raise ValueError(f"method {self.name!r}: option T={options['T']!r} is invalid; T (time steps) "
@@ -137,7 +136,15 @@ class Method:
         if ignored:
             raise TypeError(f"method {self.name!r}: option(s) {ignored} do not apply to its {threshold!r} thresholds "
                             f"(their options: {sorted(set(accepted) - {'seed'})})")
-        return replace(self, threshold_options=topts, calibration_options=copts, **options)
+        method = replace(self, threshold_options=topts, calibration_options=copts, **options)
+        # calibrate.calibrate reads them: samples for the lambda search and the passes, the rest for the passes
+        search = method.scale == "search"
+        unused = sorted(set(cgiven) - (set(CALIBRATION_OPTIONS) if method.calibration else {"samples"} if search
+                                       else set()))
+        if unused:
+            raise TypeError(f"method {self.name!r}: option(s) {unused} would be ignored: it has no calibration passes"
+                            f"{' (its lambda search reads samples only)' if search else ' and no lambda search'}")
+        return method
 
 
 # options forwarded to the threshold strategy (thresholds.get)

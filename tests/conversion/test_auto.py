@@ -149,7 +149,7 @@ def test_bench_auto_row_per_T():
     assert len(chose) == 2 and all(("chose percentile" in c) or ("chose dni" in c) for c in chose)
     with pytest.raises(cli.UsageError, match="unknown method 'autox'"):
         cli._check_bench(_bench_args("autox"))
-    cli._check_bench(_bench_args("max,auto"))  # auto-only options are not offered to max
+    cli._check_bench(_bench_args("lcp,auto"))  # auto-only options are not offered to lcp
 
 
 def _bench_args(methods):
