@@ -130,7 +130,8 @@ def append_row(out: Path, row: dict) -> None:
 
 
 
-def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tensor, test_images: int) -> None:
+def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tensor, test_images: int,
+                registered_with: str | None = None) -> None:
     """The manifest entry of SNN zoo entry ``name`` (its file ``name.pt`` is written): the run's row and arguments
     ``a`` plus the sha256, size and the hits that the zoo's tests recompute from the file."""
     file = zoo.ZOO_DIR / f"{name}.pt"
@@ -149,6 +150,8 @@ def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tenso
              "train_cpu_s": float(row["cpu_s"]), "train_wall_s": float(row["wall_s"]), "threads": int(row["threads"]),
              "load1": float(row["load1"]), "budget": "whole recipe <= 15 min on 2 cores (about 900 CPU s)",
              "torch": torch.__version__, "command": row["command"]}
+    if registered_with:  # the run saved the file (--save); this command put it into the zoo
+        entry["register_command"] = registered_with
     zoo.write_manifest_entry(name, entry)
     print(f"zoo entry {name}: {entry['test_accuracy']} % at T = {entry['T']}, sha256 {entry['sha256'][:12]}")
 
@@ -168,7 +171,8 @@ def register(file: Path, name: str, csv_path: Path, p: argparse.ArgumentParser) 
     if acc != float(row["accuracy"]):
         raise SystemExit(f"--register: {file} gives {acc} % at T = {row['T']}, its row says {row['accuracy']} %")
     sc.save(snn, zoo.ZOO_DIR / f"{name}.pt")
-    write_entry(name, row, p.parse_args(shlex.split(row["command"])[2:]), ok, test_images=len(test))
+    write_entry(name, row, p.parse_args(shlex.split(row["command"])[2:]), ok, test_images=len(test),
+                registered_with="python " + " ".join(shlex.quote(s) for s in sys.argv))
 
 
 if __name__ == "__main__":

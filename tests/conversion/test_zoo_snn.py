@@ -1,7 +1,7 @@
 """The zoo's SNN entries (``fmnist-net4-snn-t1`` / ``-t2``: converted and trained networks written by ``sc.save``):
 the file is the one the manifest's sha256 names, ``zoo.load`` and ``sc.load`` rebuild it, and the rebuilt network
-scores on the first 1000 test images exactly the hits the trained network scored when it was saved (counted then
-by ``benchmarks/lossless.py`` from the network in memory, before any file existed)."""
+scores on the first 1000 test images exactly the hits recorded when the entry was written (``benchmarks/lossless.py``
+counted them in its full-test-set evaluation, whose accuracy it checked against the training run's own)."""
 import json
 import shutil
 
