@@ -85,7 +85,8 @@ def main() -> None:
     else:
         start, method = ann, "lcp+acp"
     phases["ann_s"] = time.perf_counter() - w0
-    snn = sc.convert(start, method=method, calib_data=calib, T=a.T, progress=show)
+    tuned = {} if method == "qcfs" else {"T": a.T}  # qcfs's thresholds (lambda) do not depend on T
+    snn = sc.convert(start, method=method, calib_data=calib, progress=show, **tuned)
     phases["convert_s"] = time.perf_counter() - w0 - phases["ann_s"]
     distill = (ann, a.kd_temp, a.kd_weight) if a.recipe != "ft" else None
     left = a.budget - (time.perf_counter() - w0)
