@@ -27,11 +27,18 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 warnings.filterwarnings("ignore", message="Cell is missing an id field")     # nbformat, on older chapters
 
 
-def toc_notebooks(root: Path) -> list[Path]:
-    """The .ipynb files listed in _toc.yml, in order."""
+def toc_files(root: Path) -> list[str]:
+    """The files _toc.yml lists (without suffix), in order: the root, the chapters and their ``sections``."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    files = [toc["root"]] + [c["file"] for part in [toc] + toc.get("parts", []) for c in part.get("chapters", [])]
-    return [root / (f + ".ipynb") for f in files if (root / (f + ".ipynb")).is_file()]
+
+    def walk(entries) -> list[str]:
+        return [f for e in entries for f in [e["file"], *walk(e.get("sections", []))]]
+    return [toc["root"]] + [f for part in [toc] + toc.get("parts", []) for f in walk(part.get("chapters", []))]
+
+
+def toc_notebooks(root: Path) -> list[Path]:
+    """The .ipynb files listed in _toc.yml (sections included), in order."""
+    return [root / (f + ".ipynb") for f in toc_files(root) if (root / (f + ".ipynb")).is_file()]
 
 
 def failing_cell(nb, tb: str) -> int | None:

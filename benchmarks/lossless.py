@@ -11,7 +11,13 @@ Recipes (``--recipe``; the conversion is tuned for ``--T``, then ``sc.finetune``
 
 Appends one row per run to ``--out`` (CSV): accuracy, paired difference to the ANN and its SE (pp), wall and CPU
 seconds of the whole recipe (ANN-side training + conversion + SNN training; evaluation not counted), the load
-average, threads and the command. ``--save`` writes the trained SNN with ``sc.save``.
+average, threads and the command. ``--save`` writes the trained SNN with ``sc.save``; ``--zoo NAME`` also writes
+it into the shipped zoo as SNN entry NAME (``zoo.load(NAME)``), its manifest entry holding the sha256, the
+accuracy and hits on the full test set at T, the hits on the first 1000 test images (the tests' reference), the
+training seconds (CPU and wall), the threads and the command. ``--register FILE --zoo NAME`` does that for a file
+an earlier run saved with ``--save FILE``, taking seconds and command from that run's CSV row:
+
+    python benchmarks/lossless.py --register bench-out/snn-t2.pt --zoo fmnist-net4-snn-t2
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ import torch
 
 import snnconv_ext as sc
 from snnconv_ext import data, zoo
+from snnconv_ext.core.files import sha256_file
 from snnconv_ext.app.train import qcfs
-from snnconv_ext.conversion.training import NodeSwapWarning
+from snnconv_ext.conversion.training import TRAINABLE_DEFAULT, NodeSwapWarning
 from snnconv_ext.study.compare import paired_diff
 
 RECIPES = ("ft", "kd", "kd-cos", "qcfs")
@@ -48,18 +55,27 @@ def main() -> None:
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--qcfs-epochs", type=int, default=2)
     p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole recipe (fine-tuning stops)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None, help="write the trained SNN here (sc.save)")
     p.add_argument("--out", default="bench-out/lossless.csv")
+    p.add_argument("--zoo", default=None, help="also write the trained SNN into the shipped zoo under this name")
+    p.add_argument("--register", default=None, help="put this --save file of an earlier run into the zoo (--zoo)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args()
+    if a.register:
+        if not a.zoo:
+            p.error("--register needs --zoo NAME")
+        return register(Path(a.register), a.zoo, Path(a.out), p)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     show = not a.no_progress
     ann = zoo.load(a.model)
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    if a.test_images is not None:
+        test = data.subset(test, a.test_images, seed=None)  # the first N, the same for every row
     calib = data.loader(data.subset(train, a.calib, seed=0), batch_size=256)
 
     w0, c0 = time.perf_counter(), time.process_time()
@@ -69,7 +85,8 @@ def main() -> None:
     else:
         start, method = ann, "lcp+acp"
     phases["ann_s"] = time.perf_counter() - w0
-    snn = sc.convert(start, method=method, calib_data=calib, T=a.T, progress=show)
+    tuned = {} if method == "qcfs" else {"T": a.T}  # qcfs's thresholds (lambda) do not depend on T
+    snn = sc.convert(start, method=method, calib_data=calib, progress=show, **tuned)
     phases["convert_s"] = time.perf_counter() - w0 - phases["ann_s"]
     distill = (ann, a.kd_temp, a.kd_weight) if a.recipe != "ft" else None
     left = a.budget - (time.perf_counter() - w0)
@@ -89,21 +106,74 @@ def main() -> None:
            "kd_weight": a.kd_weight, "qcfs_epochs": a.qcfs_epochs if a.recipe == "qcfs" else 0,
            "accuracy": round(100.0 * ok_snn.float().mean().item(), 2),
            "ann_accuracy": round(100.0 * ok_ann.float().mean().item(), 2), "diff_pp": round(diff, 2),
-           "se_pp": round(se, 2), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+           "se_pp": round(se, 2), "test_images": len(test), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            **{k: round(v, 1) for k, v in phases.items()}, "batches": info["batches"], "stopped_by_time": info["stopped_by_time"],
            "load1": round(os.getloadavg()[0], 2), "threads": a.threads,
            "command": "python " + " ".join(shlex.quote(s) for s in sys.argv)}
     print(row)
     if a.save:
         sc.save(snn, a.save)
-    out = Path(a.out)
+    if a.zoo:
+        sc.save(snn, zoo.ZOO_DIR / f"{a.zoo}.pt")
+        write_entry(a.zoo, row, a, ok_snn, test_images=len(test))
+    append_row(Path(a.out), row)
+
+
+def append_row(out: Path, row: dict) -> None:
+    """Append ``row`` to the CSV ``out``; a column the file lacks is added (older rows leave it empty)."""
+    rows = list(csv.DictReader(out.open(newline=""))) if out.exists() else []
+    fields = list(dict.fromkeys([*(rows[0] if rows else {}), *row]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([*rows, row])
+
+
+
+def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tensor, test_images: int,
+                registered_with: str | None = None) -> None:
+    """The manifest entry of SNN zoo entry ``name`` (its file ``name.pt`` is written): the run's row and arguments
+    ``a`` plus the sha256, size and the hits that the zoo's tests recompute from the file."""
+    file = zoo.ZOO_DIR / f"{name}.pt"
+    entry = {"kind": zoo.SNN_KIND, "file": file.name, "sha256": sha256_file(file), "size_bytes": file.stat().st_size,
+             "from": row["model"], "dataset": "fashion_mnist", "T": int(row["T"]),
+             "method": "qcfs" if a.recipe == "qcfs" else "lcp+acp", "recipe": row["recipe"],
+             "trainable": list(TRAINABLE_DEFAULT), "epochs": int(row["epochs"]), "lr": float(row["lr"]),
+             "threshold_lr": a.threshold_lr, "batch_size": a.batch_size, "seed": a.seed, "calib_images": a.calib,
+             "distill": None if row["recipe"] == "ft" else {"temperature": float(row["kd_temp"]),
+                                                             "weight": float(row["kd_weight"])},
+             "schedule": "cosine" if row["recipe"] in ("kd-cos", "qcfs") else "constant",
+             "qcfs_epochs": int(row["qcfs_epochs"]),
+             "test_accuracy": round(100.0 * ok_snn.float().mean().item(), 2), "test_hits": int(ok_snn.sum()),
+             "test_images": test_images, "hits_first_1000": int(ok_snn[:1000].sum()),
+             "ann_accuracy": float(row["ann_accuracy"]), "diff_pp": float(row["diff_pp"]), "se_pp": float(row["se_pp"]),
+             "train_cpu_s": float(row["cpu_s"]), "train_wall_s": float(row["wall_s"]), "threads": int(row["threads"]),
+             "load1": float(row["load1"]), "budget": "whole recipe <= 15 min on 2 cores (about 900 CPU s)",
+             "torch": torch.__version__, "command": row["command"]}
+    if registered_with:  # the run saved the file (--save); this command put it into the zoo
+        entry["register_command"] = registered_with
+    zoo.write_manifest_entry(name, entry)
+    print(f"zoo entry {name}: {entry['test_accuracy']} % at T = {entry['T']}, sha256 {entry['sha256'][:12]}")
+
+
+def register(file: Path, name: str, csv_path: Path, p: argparse.ArgumentParser) -> None:
+    """Put the SNN an earlier run saved to ``file`` into the zoo as ``name``: the run's CSV row gives its seconds
+    and command (parsed again for its settings); its accuracy is measured again on the full test set (and must
+    match the row's)."""
+    rows = [r for r in csv.DictReader(csv_path.open()) if f"--save {file}" in r["command"]]
+    if not rows:
+        raise SystemExit(f"--register: no row of {csv_path} saved {file} (its command has no '--save {file}')")
+    row = rows[-1]
+    snn = sc.load(file)
+    test = data.fashion_mnist("test")
+    ok = sc.hits(snn, test, timesteps=[int(row["T"])])[int(row["T"])]
+    acc = round(100.0 * ok.float().mean().item(), 2)
+    if acc != float(row["accuracy"]):
+        raise SystemExit(f"--register: {file} gives {acc} % at T = {row['T']}, its row says {row['accuracy']} %")
+    sc.save(snn, zoo.ZOO_DIR / f"{name}.pt")
+    write_entry(name, row, p.parse_args(shlex.split(row["command"])[2:]), ok, test_images=len(test),
+                registered_with="python " + " ".join(shlex.quote(s) for s in sys.argv))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,13 @@ of the checkpoints listed in zoo/manifest.json.
 Two folders: the shipped zoo (:data:`ZOO_DIR`, read only by default) and your own (:func:`user_dir`:
 ``$SNNCONV_ZOO``, else ``$XDG_DATA_HOME/snnconv/zoo`` or ``~/.local/share/snnconv/zoo``), where ``snnconv train``
 writes unless ``--out`` says otherwise. ``load(name)`` reads a shipped entry from the shipped zoo, and any other
-entry from your folder; ``load(name, root=user_dir())`` reads your retrained copy of a shipped entry."""
+entry from your folder; ``load(name, root=user_dir())`` reads your retrained copy of a shipped entry.
+
+Most entries are ANNs (a state_dict for an ``models.ARCHS`` net). An entry whose manifest says ``"kind": "snn"``
+is a converted and trained SNN written by ``sc.save`` (e.g. ``fmnist-net4-snn-t2``, built from ``fmnist-net4`` by
+the ``command`` it records). This layer cannot import the loader of such files (``conversion.saving``, a higher
+layer), so that module registers it here (:func:`register_reader`) when snnconv is imported, as the plugins
+register their nodes with ``core.nodes``; ``load`` checks the sha256 and hands the file to it."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,9 +31,13 @@ from . import models
 
 ZOO_DIR = Path(__file__).resolve().with_name("zoo")
 MANIFEST_NAME = "manifest.json"
+SNN_KIND = "snn"  # manifest "kind" of an entry holding a converted SNN (an sc.save file), not an ANN state_dict
+#: kind -> reader(file, map_location) of the entries that are not ANN state_dicts (filled by conversion.saving)
+_READERS: dict[str, Callable[..., nn.Module]] = {}
 
 __all__ = ["Entry", "ENTRIES", "ZOO_DIR", "user_dir", "names", "path", "load", "load_state", "read_state_dict",
-           "read_manifest", "write_manifest_entry", "sha256_file", "save_atomic", "train_command"]
+           "read_manifest", "write_manifest_entry", "sha256_file", "save_atomic", "train_command", "SNN_KIND",
+           "register_reader", "kind"]
 
 
 @dataclass(frozen=True)
@@ -252,6 +262,19 @@ def train_command(name: str) -> str:
                        "--augment", e.augment])
 
 
+def register_reader(kind_name: str, reader: Callable[..., nn.Module]) -> None:
+    """Make ``load`` read entries whose manifest ``kind`` is ``kind_name`` with ``reader(file, map_location)``
+    (``conversion.saving`` registers ``sc.load`` for :data:`SNN_KIND`)."""
+    _READERS[kind_name] = reader
+
+
+def kind(name: str, root: str | os.PathLike | None = None) -> str:
+    """What entry ``name`` holds: ``"ann"`` (a state_dict for ``models.build``) or :data:`SNN_KIND`."""
+    manifest = read_manifest(_find(name, root))
+    _check_name(name, manifest)
+    return manifest.get(name, {}).get("kind", "ann")
+
+
 def _check_name(name: str, manifest: dict[str, Any]) -> None:
     if name not in ENTRIES and name not in manifest:
         raise ValueError(f"unknown zoo model {name!r}; known: {sorted(set(ENTRIES) | set(manifest))}")
@@ -266,11 +289,8 @@ def path(name: str, root: str | os.PathLike | None = None) -> Path:
     return _root(root) / fname
 
 
-def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
-                    map_location: str | torch.device = "cpu",
-                    recreate_hint: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``file`` safely (weights_only=True), verifying its sha256 if given,
-    and cast floating tensors to float32 (zoo files are stored in fp16)."""
+def _check_file(file: str | os.PathLike, expected_sha256: str | None, recreate_hint: str | None) -> Path:
+    """``file`` as a Path after checking that it exists and, if given, has sha256 ``expected_sha256``."""
     file = Path(file)
     if not file.is_file():
         hint = f"; recreate it with: {recreate_hint}" if recreate_hint else ""
@@ -281,6 +301,15 @@ def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
             hint = f" Recreate it with: {recreate_hint}" if recreate_hint else ""
             raise ValueError(f"checksum mismatch for checkpoint {file}: expected sha256 "
                              f"{expected_sha256}, actual {actual}.{hint}")
+    return file
+
+
+def read_state_dict(file: str | os.PathLike, expected_sha256: str | None = None,
+                    map_location: str | torch.device = "cpu",
+                    recreate_hint: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``file`` safely (weights_only=True), verifying its sha256 if given,
+    and cast floating tensors to float32 (zoo files are stored in fp16)."""
+    file = _check_file(file, expected_sha256, recreate_hint)
     if isinstance(map_location, (str, torch.device)):
         check_device(map_location, "map_location")  # else torch.load's CUDA error reads as a corrupt file
     try:
@@ -323,7 +352,8 @@ def load(name: str, map_location: str | torch.device = "cpu",
          root: str | os.PathLike | None = None) -> nn.Module:
     """Zoo model ``name`` with checksum-verified fp32 weights, in eval mode (from ``root``; by default the shipped
     zoo, or :func:`user_dir` for an entry only you trained); ``model.zoo_name`` is ``name`` (``sc.convert`` records
-    it in the network's ``meta``, ``sc.save`` in the file)."""
+    it in the network's ``meta``, ``sc.save`` in the file). An SNN entry (``kind(name) == "snn"``) comes back as
+    the converted network ``sc.load`` rebuilds, ready for ``sc.evaluate`` at the T its manifest records."""
     root = _find(name, root)
     manifest = read_manifest(root)
     _check_name(name, manifest)
@@ -333,9 +363,22 @@ def load(name: str, map_location: str | torch.device = "cpu",
         raise FileNotFoundError(f"zoo model {name!r} has no manifest entry in "
                                 f"{_root(root) / MANIFEST_NAME}; create it with: {default_cmd}")
     file = _root(root) / info["file"]
+    if info.get("kind", "ann") != "ann":
+        model = _read_other(name, info, file, map_location)
+        model.zoo_name = name
+        return model
     state = read_state_dict(file, info["sha256"], map_location,
                             recreate_hint=info.get("command", default_cmd))
     model = models.build(info["arch"], info.get("activation", "relu"), **info.get("arch_kwargs", {}))
     model = _load_into(model.to(map_location), state, file, f"zoo model {name!r} ({info['arch']})")
     model.zoo_name = name
     return model
+
+
+def _read_other(name: str, info: dict[str, Any], file: Path, map_location: str | torch.device) -> nn.Module:
+    """An entry of another kind than "ann": checksum first, then the reader its kind registered."""
+    what = info["kind"]
+    if what not in _READERS:
+        raise ValueError(f"zoo model {name!r} is of kind {what!r}, which nothing registered a reader for "
+                         f"(known: {sorted(_READERS)}); import snnconv_ext first")
+    return _READERS[what](_check_file(file, info["sha256"], info.get("command")), map_location)

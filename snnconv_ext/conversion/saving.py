@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
+from ..assets import zoo
 from ..core.files import save_atomic
 from ..core.neuron import NeuronParams
 from ..core.nodes import Codec, codec_named, codec_names, codec_of, register_codec, spiking_modules
@@ -374,6 +375,16 @@ def _build_graph(net: Dict, modules: Dict[str, nn.Module], path: Path) -> fx.Gra
     return gm
 
 
+def _names_zoo_snn(path: str | os.PathLike) -> bool:
+    """``path`` is no file but the name of a zoo entry of kind ``snn`` (a file of that name wins)."""
+    if not isinstance(path, str) or Path(path).exists():
+        return False
+    try:
+        return zoo.kind(path) == zoo.SNN_KIND
+    except ValueError:  # not a zoo name: load reports the missing file
+        return False
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the network ``save`` wrote to ``path``: the same classes (SpikingJelly's own ``IFNode`` /
     ``TernaryIFNode`` where they were, ``SnnconvNode`` elsewhere, snnTorch's ``Neuron``), weights, thresholds and
@@ -381,7 +392,12 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
 
     ``LoadError`` naming the file for another format version, a corrupt or truncated file, a file that is not
     ours, or a module kind this snnconv does not know.
+
+    ``path`` may also name an SNN entry of the zoo (``sc.load("fmnist-net4-snn-t2")``, the same as ``zoo.load``)
+    when no file of that name exists.
     """
+    if _names_zoo_snn(path):
+        return zoo.load(str(path), map_location)
     path = Path(path)
     net = read(path, map_location)["network"]
     try:
@@ -416,3 +432,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     except Exception as exc:  # whatever a damaged description makes the builders raise (SpikingJelly asserts)
         raise LoadError(f"load: {path} is corrupt: {_line(exc)}") from None
     return snn
+
+
+zoo.register_reader(zoo.SNN_KIND, load)  # zoo.load reads SNN entries with this (assets cannot import us)
