@@ -184,7 +184,7 @@ ENTRIES: dict[str, Entry] = {
         description="torchvision.models.resnet18(num_classes=10), unmodified, on Fashion-MNIST 3x32x32.",
     ),
     "fmnist-tv-vgg11-bn": Entry(
-        dataset="fashion_mnist32", arch="tv_vgg11_bn", act="relu", epochs=1, lr=1e-3, batch_size=128,
+        dataset="fashion_mnist32", arch="tv_vgg11_bn", act="relu", epochs=1, lr=1e-4, batch_size=128,
         augment="flip", train_images=10240,
         description="torchvision.models.vgg11_bn(num_classes=10), unmodified, on Fashion-MNIST 3x32x32.",
     ),

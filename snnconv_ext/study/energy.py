@@ -88,6 +88,13 @@ _IDENTITY_NAMES = {"Scale", "VoltageScaler", "ChannelVoltageScaler", "Identity",
                    "BatchNorm1d", "BatchNorm2d", "ChannelAffine"}
 
 
+def _sj_flatten(mod: nn.Module) -> bool:
+    """SpikingJelly 2.0's converter wraps ``torch.flatten(x, 1)`` as a ``_StepModeTensorOp("flatten")`` (by name: no
+    framework import here)."""
+    return type(mod).__name__ == "_StepModeTensorOp" and getattr(mod, "op_name", None) == "flatten" and \
+        getattr(mod, "op_kwargs", {}) in ({"start_dim": 1, "end_dim": -1},)
+
+
 def _plain(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply ``mod`` as its torch.nn base class (bypassing a framework's step-mode forward)."""
     for cls in type(mod).__mro__:
@@ -181,7 +188,7 @@ def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int],
                 record(node.target, (x.flatten(1) != 0).sum(1), chan)  # identity synapses (residual path)
             elif isinstance(inner, POOLS):
                 env[node] = (_plain(inner, x.abs()), chan)
-            elif isinstance(inner, nn.Flatten):
+            elif isinstance(inner, nn.Flatten) or _sj_flatten(inner):
                 env[node] = (x.flatten(1), chan)
             elif type(inner).__name__ in _IDENTITY_NAMES or isinstance(inner, (nn.Identity, nn.Dropout)):
                 env[node] = (x, chan)

@@ -120,3 +120,33 @@ def test_tools_without_a_form_refuse_naming_the_module(every, tool):
         fn(snn, (1, 8, 8))
     msg = str(err.value)
     assert "\n" not in msg and any(f"({k})" in msg for k in NEW), msg
+
+
+def test_synops_through_spikingjellys_flatten():
+    """SpikingJelly 2.0's converter wraps ``torch.flatten`` in a module of its own; its recipes' rows in ``snnconv
+    bench`` count through it: every spike reaches each output of the linear layer once."""
+    from torch.utils.data import DataLoader
+    from snnconv_ext.app.baselines import sj_convert
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.fc = nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Linear(3 * 4 * 4, 5)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.relu(self.conv(x)), 1))
+
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    snn = sj_convert(Flat().eval(), "sj-max", DataLoader(TensorDataset(x, torch.zeros(32, dtype=torch.long)),
+                                                         batch_size=32), progress=False)
+    assert any(type(m).__name__ == "_StepModeTensorOp" for m in snn.modules())
+    (name,) = spiking_modules(snn)
+    meter = energy.SpikeMeter(snn, (1, 4, 4))
+    count = []
+    hook = snn.get_submodule(name).register_forward_hook(lambda m, i, o: count.append(o.ne(0).sum()))
+    with meter:
+        evaluate(snn, TensorDataset(x[:4], torch.zeros(4, dtype=torch.long)), [8], progress=False)
+    hook.remove()
+    synops = meter.report([8], 4)[8].synops
+    assert sum(count) > 0 and synops["fc"] * 4 == pytest.approx(5 * float(sum(count)))
