@@ -58,10 +58,8 @@ TORCHVISION_ARCHS = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2
 def fmnist32(n: int = 256, extra: int = 8):
     """The first ``n`` Fashion-MNIST training images at 3x32x32 (bilinear resize, the channel repeated) for BN statistics
     and calibration, and the next ``extra`` to measure on (issue 29's torchvision table)."""
-    import torch.nn.functional as F
     from snnconv_ext import data
-    x = data.fashion_mnist("train").tensors[0][:n + extra]
-    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    x = data.fashion_mnist32("train").tensors[0][:n + extra].contiguous()
     return x[:n], x[n:]
 
 

@@ -20,7 +20,7 @@ from snnconv_ext.conversion.training import DattaSurrogate
 from snnconv_ext.core.neuron import NeuronParams
 from snnconv_ext.core.nodes import Codec, register_codec
 
-from .nodes import _STORED, TRAINABLE, IFNode, SeqModule, SnnconvNode, TernaryIFNode
+from .nodes import _STORED, TRAINABLE, GatedMaxPool, IFNode, SeqModule, SnnconvNode, TernaryIFNode
 
 __all__ = ["surrogate_to_data", "surrogate_from_data"]
 
@@ -105,5 +105,6 @@ def _snnconv_build(cfg: Dict, tensors: Dict, children) -> SnnconvNode:
 
 for _codec in (_if_codec(IFNode), _if_codec(TernaryIFNode),
                Codec("spikingjelly.SnnconvNode", SnnconvNode, _snnconv_config, _snnconv_build, backend=BACKEND),
-               seq_codec("spikingjelly.SeqModule", SeqModule, BACKEND)):
+               seq_codec("spikingjelly.SeqModule", SeqModule, BACKEND),
+               seq_codec("spikingjelly.GatedMaxPool", GatedMaxPool, BACKEND, child="pool")):
     register_codec(_codec)

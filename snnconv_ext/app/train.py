@@ -35,13 +35,17 @@ def _digits(split: str, root: str | None) -> TensorDataset:
     return data.digits(split)
 
 
+def _fashion_mnist32(split: str, root: str | None) -> TensorDataset:
+    return data.fashion_mnist32(split, root=root)
+
+
 def _cifar10(split: str, root: str | None) -> TensorDataset:
     return data.cifar10(root, split)
 
 
 # dataset name -> loader(split, root) returning a TensorDataset (images [N,C,H,W] in [0,1], labels).
 DATASETS: dict[str, Callable[[str, str | None], TensorDataset]] = {
-    "fashion_mnist": _fashion_mnist, "digits": _digits, "cifar10": _cifar10,
+    "fashion_mnist": _fashion_mnist, "fashion_mnist32": _fashion_mnist32, "digits": _digits, "cifar10": _cifar10,
 }
 
 
@@ -77,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-images", type=int, default=None,
                         help="with --init: training images whose 99.9th percentile starts each alpha/lambda; "
                              "default: the entry's recipe (640)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on the first N training images only (0: all); default: the entry's recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads while training")
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
@@ -151,6 +157,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         "alpha_decay": pick(getattr(args, "alpha_decay", None), "alpha_decay", 0.0),
         "optimizer": getattr(args, "optimizer", None) or (entry.optimizer if entry else None) or None,
         "init_images": pick(getattr(args, "init_images", None), "init_images", 640),
+        "train_images": pick(getattr(args, "train_images", None), "train_images", 0),
         "seed": args.seed,
         "data_root": args.data_root,
         "out": out_folder(args),
@@ -158,6 +165,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     }
     if r["optimizer"] is None:  # TTRBR App. D: stage II by SGD with momentum; stage I as before
         r["optimizer"] = "sgd" if r["init"] else "adam"
+    if r["train_images"] < 0:
+        raise ValueError(f"train: --train-images must be >= 0, got {r['train_images']}")
     if r["dataset"] not in DATASETS:
         raise ValueError(f"unknown dataset {r['dataset']!r}; known: {sorted(DATASETS)}")
     _parse_augment(r["augment"])
@@ -181,6 +190,8 @@ def _command(r: dict[str, Any]) -> str:
         argv += ["--optimizer", r["optimizer"]]
     if r["init"] and r["init_images"] != (entry.init_images if entry else 640):
         argv += ["--init-images", str(r["init_images"])]
+    if r["train_images"]:
+        argv += ["--train-images", str(r["train_images"])]
     if r["data_root"] is not None:
         argv += ["--data-root", str(r["data_root"])]
     if Path(r["out"]).resolve() not in (zoo.ZOO_DIR, zoo.user_dir().resolve()):  # where, not what: no --out
@@ -397,6 +408,10 @@ def fit(model: nn.Module, train_ds: TensorDataset, epochs: int, lr: float = 1e-3
 def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
     train_ds = DATASETS[r["dataset"]]("train", r["data_root"])
     test_ds = DATASETS[r["dataset"]]("test", r["data_root"])
+    if r["train_images"]:
+        if r["train_images"] > len(train_ds):
+            raise ValueError(f"train: --train-images {r['train_images']} exceeds the {len(train_ds)} training images")
+        train_ds = TensorDataset(*(t[:r["train_images"]] for t in train_ds.tensors))
     x0 = train_ds.tensors[0]
     num_classes = int(max(train_ds.tensors[1].max(), test_ds.tensors[1].max()).item()) + 1
     arch_kwargs = {"in_channels": int(x0.shape[1]), "image_size": int(x0.shape[2]),
@@ -445,6 +460,7 @@ def _train(r: dict[str, Any], show: bool) -> dict[str, Any]:
         "lr_schedule": "cosine annealing to 0, stepped per batch",
         "batch_size": r["batch_size"],
         "augmentation": r["augment"],
+        **({"train_images": r["train_images"]} if r["train_images"] else {}),
         "loss": "cross-entropy" + ((f" + {r['alpha_decay'] / 2:g} * ||alpha||^2 (Adam weight_decay={r['alpha_decay']:g} "
                                    "on alpha)" if r["optimizer"] == "adam" else
                                    f" + {r['alpha_decay']:g} * ||alpha||^2") if alphas else ""),

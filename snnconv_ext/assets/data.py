@@ -51,6 +51,7 @@ __all__ = [
     "FASHION_MNIST_URL",
     "SYSTEM_FASHION_MNIST_DIR",
     "fashion_mnist",
+    "fashion_mnist32",
     "digits",
     "cifar10",
     "cifar100",
@@ -243,6 +244,15 @@ def fashion_mnist(
         str(ip.resolve()), str(lp.resolve()), key, checks.get(ip.name), checks.get(lp.name)
     )
     return TensorDataset(x, y)
+
+
+def fashion_mnist32(split: str = "train", root: str | os.PathLike | None = None) -> TensorDataset:
+    """Fashion-MNIST at 3x32x32 for nets built for RGB 32x32 input (the torchvision zoo entries): each image
+    resized bilinearly (align_corners=False) from 28x28 to 32x32 and its one channel repeated three times
+    (a stride-0 view: one copy in memory; indexing a batch makes it contiguous)."""
+    x, y = fashion_mnist(split, root).tensors
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
+    return TensorDataset(x.expand(-1, 3, -1, -1), y)
 
 
 # --------------------------------------------------------------------------------------------

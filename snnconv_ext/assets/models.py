@@ -28,7 +28,8 @@ from ..core.activations import BY_NAME
 
 ActFactory = Callable[[], nn.Module]
 
-__all__ = ["ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg", "vgg_bn"]
+__all__ = ["ARCHS", "build", "net1", "net2", "net3", "net4", "net5", "net6", "vgg", "vgg_bn", "tv_resnet18",
+           "tv_vgg11_bn"]
 
 
 def _valid_conv_pool_size(image_size: int, n_blocks: int, kernel: int, arch: str) -> int:
@@ -351,3 +352,34 @@ def vgg_datta(act: ActFactory = nn.ReLU, in_channels: int = 1, image_size: int =
 
 ARCHS.update({"net4_datta": net4_datta, "vgg_datta": vgg_datta})
 __all__ += ["net4_datta", "vgg_datta"]
+
+
+def _torchvision(name: str, act: ActFactory, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """``torchvision.models.<name>(num_classes=num_classes)``, unmodified and randomly initialised: the
+    architecture a user brings (issue 29), converted through the graph normalisation stage. It takes 3-channel
+    input and uses its own ReLU modules, so ``act`` must be ReLU and ``in_channels`` 3 (use the
+    ``fashion_mnist32`` dataset: 28x28 resized to 32x32, the channel repeated)."""
+    import torchvision  # only for these entries: the package does not need torchvision otherwise
+    if act is not nn.ReLU:
+        raise ValueError(f"tv_{name}: torchvision's {name} has its own ReLU modules; act must be 'relu'")
+    if in_channels != 3:
+        raise ValueError(f"tv_{name}: torchvision's {name} takes 3-channel input, got in_channels={in_channels}; "
+                         "train on the fashion_mnist32 dataset (the channel repeated)")
+    if image_size < 32:
+        raise ValueError(f"tv_{name}: image_size={image_size} is below 32 (five stride-2 stages)")
+    return getattr(torchvision.models, name)(num_classes=num_classes, weights=None)
+
+
+def tv_resnet18(act: ActFactory = nn.ReLU, in_channels: int = 3, image_size: int = 32,
+                num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18, unmodified (7x7 stride-2 stem, max pooling, shared ReLU per block)."""
+    return _torchvision("resnet18", act, in_channels, image_size, num_classes)
+
+
+def tv_vgg11_bn(act: ActFactory = nn.ReLU, in_channels: int = 3, image_size: int = 32,
+                num_classes: int = 10) -> nn.Module:
+    """torchvision's VGG-11 with BN, unmodified (max pooling, adaptive 7x7 average pooling, dropout)."""
+    return _torchvision("vgg11_bn", act, in_channels, image_size, num_classes)
+
+
+ARCHS.update({"tv_resnet18": tv_resnet18, "tv_vgg11_bn": tv_vgg11_bn})

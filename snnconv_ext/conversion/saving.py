@@ -33,8 +33,10 @@ from torch import fx
 
 from ..assets import zoo
 from ..core.files import save_atomic
+from ..core.layers import ChannelAffine, ChannelShuffle, Chunk, Concat, GlobalAvgPool
 from ..core.neuron import NeuronParams
 from ..core.nodes import Codec, codec_named, codec_names, codec_of, register_codec, spiking_modules
+from ..core.pooling import GatedMaxPool
 from . import graph
 from .backends import BACKENDS, plugin
 
@@ -116,20 +118,21 @@ def params_from_data(d: Dict) -> NeuronParams:
 
 # --- codecs of PyTorch's layers and of the graph's wrappers ----------------------------------------------------
 
-def _layer_codec(kind: type, attrs: Tuple[str, ...], bias: bool = False) -> Codec:
+def _layer_codec(kind: type, attrs: Tuple[str, ...], bias: bool = False, prefix: str = "torch") -> Codec:
     """A layer rebuilt by calling ``kind(**settings)`` with its constructor arguments read from its attributes."""
     def config(m: nn.Module) -> Dict:
         cfg = {a: getattr(m, a) for a in attrs}
         if bias:
             cfg["bias"] = m.bias is not None
         return cfg
-    return Codec(f"torch.{kind.__name__}", kind, config, lambda cfg, tensors, children: kind(**cfg))
+    return Codec(f"{prefix}.{kind.__name__}", kind, config, lambda cfg, tensors, children: kind(**cfg))
 
 
-def seq_codec(name: str, kind: type, backend: Optional[str] = None) -> Codec:
-    """The codec of a step-mode wrapper ``kind(module, step_mode)`` (``graph.SeqModule`` and its subclasses)."""
+def seq_codec(name: str, kind: type, backend: Optional[str] = None, child: str = "module") -> Codec:
+    """The codec of a step-mode wrapper ``kind(child, step_mode)`` (``graph.SeqModule`` and its subclasses; the
+    gated max pooling ``GatedMaxPool(pool, step_mode)`` with ``child="pool"``)."""
     return Codec(name, kind, lambda m: {"step_mode": m.step_mode},
-                 lambda cfg, tensors, children: kind(children["module"], cfg["step_mode"]), ("module",), backend)
+                 lambda cfg, tensors, children: kind(children[child], cfg["step_mode"]), (child,), backend)
 
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
@@ -146,7 +149,15 @@ for _codec in (_layer_codec(nn.Conv1d, _CONV, bias=True), _layer_codec(nn.Conv2d
                _layer_codec(nn.Identity, ()),
                Codec("snnconv.Scale", graph.Scale, lambda m: {},
                      lambda cfg, tensors, children: graph.Scale(tensors["factor"], tensors["factor_neg"])),
-               seq_codec("snnconv.SeqModule", graph.SeqModule)):
+               seq_codec("snnconv.SeqModule", graph.SeqModule),
+               # the layers graph normalisation puts in (core.layers) and the gated max pooling (core.pooling)
+               Codec("snnconv.ChannelAffine", ChannelAffine, lambda m: {},
+                     lambda cfg, tensors, children: ChannelAffine(tensors["scale"], tensors["shift"])),
+               _layer_codec(Concat, ("dim",), prefix="snnconv"),
+               _layer_codec(Chunk, ("chunks", "dim", "index"), prefix="snnconv"),
+               _layer_codec(ChannelShuffle, ("groups",), prefix="snnconv"),
+               _layer_codec(GlobalAvgPool, (), prefix="snnconv"),
+               seq_codec("snnconv.GatedMaxPool", GatedMaxPool, child="pool")):
     register_codec(_codec)
 
 

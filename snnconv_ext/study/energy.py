@@ -26,7 +26,7 @@ import math
 import operator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..core.checks import as_loader
+from ..core.layers import ChannelShuffle, Chunk, Concat
 from ..core.nodes import (POOLS, WEIGHTED, graph_of, is_multistep, is_spiking, is_stateful, spike_hooks,
                           spiking_modules, unwrap)
 from ..core.simulation import evaluate, reset, run_window
+from .forms import sample_shapes
 
 __all__ = ["Constants", "CONSTANTS", "constants", "Report", "SpikeMeter", "measure",
            "ann_macs"]
@@ -84,7 +86,14 @@ def constants(spec: Union[str, Constants, Tuple[float, float]]) -> Constants:
 # channel-wise (or channel-moving) layers a spike passes unchanged in where it reaches: a probe of one channel
 # counts the same through them (a concatenation only renumbers channels; an affine scales the current)
 _IDENTITY_NAMES = {"Scale", "VoltageScaler", "ChannelVoltageScaler", "Identity", "Dropout", "Dropout2d",
-                   "BatchNorm1d", "BatchNorm2d", "ChannelAffine", "Concat"}
+                   "BatchNorm1d", "BatchNorm2d", "ChannelAffine"}
+
+
+def _sj_flatten(mod: nn.Module) -> bool:
+    """SpikingJelly 2.0's converter wraps ``torch.flatten(x, 1)`` as a ``_StepModeTensorOp("flatten")`` (by name: no
+    framework import here)."""
+    return type(mod).__name__ == "_StepModeTensorOp" and getattr(mod, "op_name", None) == "flatten" and \
+        getattr(mod, "op_kwargs", {}) in ({"start_dim": 1, "end_dim": -1},)
 
 
 def _plain(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -109,20 +118,34 @@ def _connections(mod: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str, torch.Tensor]:
+def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int],
+            shapes: Optional[Callable[[], Dict[str, Tuple[int, ...]]]] = None) -> Dict[str, torch.Tensor]:
     """Per consumer, the connections of each neuron of ``src`` (a map of the layer's ``shape``).
 
-    Probes one channel at every spatial position; every pass-through op handled is channel-wise and every
-    weighted layer treats channels alike, so the count does not depend on the channel.
+    Probes one channel at every spatial position; every pass-through op handled treats channels alike and so
+    does every weighted layer, so the spatial count does not depend on the channel. Which channels reach a
+    consumer, and how often, is tracked beside the probe as a channel map: per channel of a node's output, the
+    channel of ``src`` it carries (-1: none), which ``Chunk``, ``ChannelShuffle`` and ``Concat`` move like the
+    values themselves. ``shapes()``: per node the one-image output shape (a ``Concat`` input not fed by ``src``
+    needs its channel count).
     """
     spatial = tuple(shape[1:])
+    channels = int(shape[0]) if shape else 1
     P = math.prod(spatial) if spatial else 1
     probes = torch.eye(P).view(P, 1, *spatial)
-    env: Dict[fx.Node, torch.Tensor] = {src: probes}
+    env: Dict[fx.Node, Tuple[torch.Tensor, torch.Tensor]] = {src: (probes, torch.arange(channels))}
     counts: Dict[str, torch.Tensor] = {}
 
-    def record(key: str, c: torch.Tensor) -> None:
-        counts[key] = counts.get(key, 0) + c
+    def record(key: str, c: torch.Tensor, chan: torch.Tensor) -> None:
+        # every channel of the input reaches the consumer alike: src channel k counts once per input channel it fills
+        reach = torch.bincount(chan[chan >= 0], minlength=channels).to(c.dtype)
+        counts[key] = counts.get(key, 0) + reach[:, None] * c[None, :]
+
+    def same(where: str, items: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if any(not torch.equal(c, items[0][1]) for _, c in items[1:]):
+            raise ValueError(f"{where}: cannot count synaptic operations where channels of one spiking layer "
+                             "meet in another order")
+        return items[0]
 
     seen = False
     for node in gm.graph.nodes:
@@ -134,41 +157,55 @@ def _fanout(gm: fx.GraphModule, src: fx.Node, shape: Sequence[int]) -> Dict[str,
         ins = [env[a] for a in node.all_input_nodes if a in env]
         if not ins:
             continue
-        x = ins[0] if len(ins) == 1 else sum(ins)
         where = f"node {node.name!r}"
+        x, chan = ins[0]
         if node.op == "output":
-            record("output", (x.flatten(1) != 0).sum(1))
+            record("output", (x.flatten(1) != 0).sum(1), chan)
         elif node.op == "call_module":
             mod = gm.get_submodule(node.target)
             inner = unwrap(mod)
             where = f"module {node.target!r} ({type(inner).__name__})"
-            if isinstance(inner, WEIGHTED):
-                record(node.target, _connections(inner, x, where))
+            if isinstance(inner, Concat):
+                if inner.dim % x.dim() != 1:
+                    raise ValueError(f"{where}: counts synaptic operations of a concatenation along channels only, "
+                                     f"not dim={inner.dim}")
+                if any(not torch.equal(i[0], x) for i in ins[1:]):
+                    raise ValueError(f"{where}: cannot count synaptic operations where one spiking layer reaches a "
+                                     "concatenation along paths of different spatial reach")
+                parts = [env[a][1] if a in env else torch.full((shapes()[a.name][0],), -1) for a in node.args]
+                env[node] = (x, torch.cat(parts))
+            elif isinstance(inner, Chunk):
+                if inner.dim % x.dim() != 1:
+                    raise ValueError(f"{where}: counts synaptic operations of a split along channels only, "
+                                     f"not dim={inner.dim}")
+                env[node] = (x, chan.chunk(inner.chunks)[inner.index])
+            elif isinstance(inner, ChannelShuffle):
+                env[node] = (x, chan.view(inner.groups, -1).t().reshape(-1))  # as ChannelShuffle moves channels
+            elif isinstance(inner, WEIGHTED):
+                record(node.target, _connections(inner, x, where), chan)
             elif type(inner).__name__ == "GatedMaxPool":  # core's or a backend's: reaches what its window reaches
-                env[node] = _plain(inner.pool, x.abs())
+                env[node] = (_plain(inner.pool, x.abs()), chan)
             elif is_spiking(mod) or is_stateful(mod):
-                record(node.target, (x.flatten(1) != 0).sum(1))  # identity synapses (residual path)
+                record(node.target, (x.flatten(1) != 0).sum(1), chan)  # identity synapses (residual path)
             elif isinstance(inner, POOLS):
-                env[node] = _plain(inner, x.abs())
-            elif isinstance(inner, nn.Flatten):
-                env[node] = x.flatten(1)
+                env[node] = (_plain(inner, x.abs()), chan)
+            elif isinstance(inner, nn.Flatten) or _sj_flatten(inner):
+                env[node] = (x.flatten(1), chan)
             elif type(inner).__name__ in _IDENTITY_NAMES or isinstance(inner, (nn.Identity, nn.Dropout)):
-                env[node] = x
+                env[node] = (x, chan)
             else:
                 raise ValueError(f"{where}: cannot count synaptic operations through this layer")
         elif node.op in ("call_function", "call_method"):
             name = getattr(node.target, "__name__", str(node.target))
             if node.target in (torch.flatten, "flatten"):
-                env[node] = x.flatten(1)
+                env[node] = (x.flatten(1), chan)
             elif node.target in (operator.add, operator.iadd, torch.add, "add") or name in ("add", "iadd"):
-                env[node] = x.abs() if len(ins) == 1 else sum(i.abs() for i in ins)
+                env[node] = (x.abs() if len(ins) == 1 else sum(i[0].abs() for i in ins), same(where, ins)[1])
             elif node.target in (operator.mul, torch.mul, "mul"):
-                env[node] = x
+                env[node] = (x, chan)
             else:
                 raise ValueError(f"{where}: cannot count synaptic operations through {name!r}")
-    full = (shape[0], *spatial) if spatial else (shape[0],)
-    return {k: v.view(1, *spatial).expand(full).float() if spatial else v.float().expand(full)
-            for k, v in counts.items()}
+    return {k: v.view(channels, *spatial).float() for k, v in counts.items()}
 
 
 def ann_macs(net: nn.Module, input_shape: Sequence[int]) -> Dict[str, int]:
@@ -292,8 +329,14 @@ class SpikeMeter:
         self.neurons = {k: math.prod(s) for k, s in shapes.items()}
         self.fanout: Dict[str, Dict[str, torch.Tensor]] = {}
         nodes = {n.target: n for n in self.gm.graph.nodes if n.op == "call_module"}
+        all_shapes: Dict[str, Dict[str, Tuple[int, ...]]] = {}  # one more one-image pass, only for a Concat
+
+        def node_shapes() -> Dict[str, Tuple[int, ...]]:
+            if not all_shapes:
+                all_shapes.update(sample_shapes(net, input_shape))
+            return all_shapes
         for t, s in shapes.items():
-            self.fanout[t] = _fanout(self.gm, nodes[t], s)
+            self.fanout[t] = _fanout(self.gm, nodes[t], s, node_shapes)
         fed = {c for f in self.fanout.values() for c in f}
         self.analog = [k for k in self.macs if k not in fed]
         self._spikes: Dict[str, List[torch.Tensor]] = {t: [] for t in shapes}

@@ -47,7 +47,7 @@ def test_manifest_entries_complete():
     for name, info in manifest.items():
         assert REQUIRED <= set(info), name
         assert info["command"].startswith(f"snnconv train --model {name} ")
-        assert info["arch"] == zoo.ENTRIES[name].arch and info["dataset"] == "fashion_mnist"
+        assert info["arch"] == zoo.ENTRIES[name].arch and info["dataset"] == zoo.ENTRIES[name].dataset
         assert info["activation"] == zoo.ENTRIES[name].act
         f = zoo.path(name)
         assert f.is_file() and f.stat().st_size == info["size_bytes"], name
