@@ -47,7 +47,8 @@ def test_output_shape_and_activation_modules(arch, shape, n_act):
 
 def test_default_relu_and_registry():
     assert set(models.ARCHS) == {f"net{i}" for i in range(1, 7)} | {"vgg", "vgg_bn", "resnet20", "resnet20_pre", "resnet56_w8",
-                                                                  "resnet56_w8_pre", "net4_datta", "vgg_datta"}
+                                                                  "resnet56_w8_pre", "net4_datta", "vgg_datta",
+                                                                  "tv_resnet18", "tv_vgg11_bn"}
     model = models.build("net4")
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
     assert sc.activations.BY_NAME["relu"] is nn.ReLU
