@@ -33,10 +33,10 @@ from book_report import ROOT, toc_notebooks  # noqa: E402
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 from offline_book import keep_cell_seconds  # noqa: E402
 
-# Last measured run times (s, one thread, fresh clone): only the order of execution depends on them, longest
-# first so that the two workers finish together. A chapter not listed starts first.
-EXPECTED_S = {"calibration": 850, "ttrbr": 440, "dnisnm": 210, "strelu": 175, "comparison": 135, "relu_to_if": 120,
-              "datta": 195, "qcfs": 56}
+# Last measured CPU seconds (one thread, 2026-12-07, a loaded machine): only the order of execution depends on
+# them, longest first so that the two workers finish together. A chapter not listed starts first.
+EXPECTED_S = {"calibration": 366, "datta": 205, "dnisnm": 203, "comparison": 199, "strelu": 147, "ttrbr": 134,
+              "relu_to_if": 113, "qcfs": 69, "own_model": 30, "snn_training": 20}
 
 
 # appended to a chapter for its run only (removed before the notebook is cached): the kernel's CPU seconds, its own
