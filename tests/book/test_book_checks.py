@@ -117,3 +117,12 @@ def test_prose_number_check_names_the_cell_and_number():
     assert not any(line.startswith("cell 2") for line in bad)
     assert any(line.startswith("cell 3: an External measurement block must name") for line in bad)
     assert len(bad) == 2, bad
+
+
+def test_page_titles_have_no_maths(report):
+    """Every page's title is in the sidebar of every page, the source-code pages (viewcode) too, which load no
+    MathJax: a title with $...$ shows raw LaTeX there (the browser test fails on it)."""
+    for path in report.toc_notebooks(ROOT):
+        first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+        title = first.source.lstrip().splitlines()[0]
+        assert title.startswith("# ") and "$" not in title and "\\(" not in title, (path.name, title)
