@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--qcfs-epochs", type=int, default=2)
     p.add_argument("--t1-epochs", type=int, default=1, help="kd-cos-t1to2: epochs at T = 1 before --T")
     p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--train-images", type=int, default=None,
+                   help="fine-tune on a random N of the training images (seed 0; default all): an epoch that fits")
     p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole recipe (fine-tuning stops)")
     p.add_argument("--threads", type=int, default=2)
@@ -80,6 +82,7 @@ def main() -> None:
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
     if a.test_images is not None:
         test = data.subset(test, a.test_images, seed=None)  # the first N, the same for every row
+    tune = train if a.train_images is None else data.subset(train, a.train_images, seed=0)
     calib = data.loader(data.subset(train, a.calib, seed=0), batch_size=256)
 
     w0, c0 = time.perf_counter(), time.process_time()
@@ -100,7 +103,7 @@ def main() -> None:
         left = a.budget - (time.perf_counter() - w0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NodeSwapWarning)  # thresholds and leak train: the swap is intended
-            info = sc.finetune(snn, train, T=stage_T, epochs=stage_epochs, lr=a.lr, threshold_lr=a.threshold_lr,
+            info = sc.finetune(snn, tune, T=stage_T, epochs=stage_epochs, lr=a.lr, threshold_lr=a.threshold_lr,
                                batch_size=a.batch_size, distill=distill, seed=a.seed, max_seconds=max(left, 1.0),
                                schedule="cosine" if a.recipe in COSINE else "constant",
                                record={"model": a.model, "recipe": a.recipe}, progress=show)
@@ -115,7 +118,7 @@ def main() -> None:
            "kd_weight": a.kd_weight, "qcfs_epochs": a.qcfs_epochs if a.recipe == "qcfs" else 0,
            "accuracy": round(100.0 * ok_snn.float().mean().item(), 2),
            "ann_accuracy": round(100.0 * ok_ann.float().mean().item(), 2), "diff_pp": round(diff, 2),
-           "se_pp": round(se, 2), "test_images": len(test), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+           "se_pp": round(se, 2), "test_images": len(test), "train_images": len(tune), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            **{k: round(v, 1) for k, v in phases.items()}, "batches": batches, "stopped_by_time": stopped,
            "t1_epochs": a.t1_epochs if a.recipe == "kd-cos-t1to2" else 0,
            "load1": round(os.getloadavg()[0], 2), "threads": a.threads,
