@@ -127,7 +127,7 @@ def main() -> None:
     if a.save:
         sc.save(snn, a.save)
     if a.zoo:
-        sc.save(snn, zoo.ZOO_DIR / f"{a.zoo}.pt")
+        sc.save(snn, zoo.ZOO_DIR / f"{a.zoo}.pt", overwrite=True)
         write_entry(a.zoo, row, a, ok_snn, test_images=len(test))
     append_row(Path(a.out), row)
 
@@ -158,6 +158,7 @@ def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tenso
                                                              "weight": float(row["kd_weight"])},
              "schedule": "cosine" if row["recipe"] in COSINE else "constant",
              "t1_epochs": int(row.get("t1_epochs") or 0),
+             "convert_T": 1 if row["recipe"] == "kd-cos-t1to2" else int(row["T"]),  # the T lcp+acp was tuned for
              "qcfs_epochs": int(row["qcfs_epochs"]),
              "test_accuracy": round(100.0 * ok_snn.float().mean().item(), 2), "test_hits": int(ok_snn.sum()),
              "test_images": test_images, "hits_first_1000": int(ok_snn[:1000].sum()),
@@ -185,7 +186,7 @@ def register(file: Path, name: str, csv_path: Path, p: argparse.ArgumentParser) 
     acc = round(100.0 * ok.float().mean().item(), 2)
     if acc != float(row["accuracy"]):
         raise SystemExit(f"--register: {file} gives {acc} % at T = {row['T']}, its row says {row['accuracy']} %")
-    sc.save(snn, zoo.ZOO_DIR / f"{name}.pt")
+    sc.save(snn, zoo.ZOO_DIR / f"{name}.pt", overwrite=True)
     write_entry(name, row, p.parse_args(shlex.split(row["command"])[2:]), ok, test_images=len(test),
                 registered_with="python " + " ".join(shlex.quote(s) for s in sys.argv))
 
