@@ -6,6 +6,8 @@ Recipes (``--recipe``; the conversion is tuned for ``--T``, then ``sc.finetune``
   kd       ft with knowledge distillation from the ANN's logits (``--kd-temp``, ``--kd-weight``)
   kd-cos   kd with a cosine learning rate over the planned batches
   qcfs     QCFS warm start with L = T (``--qcfs-epochs`` of ANN training), ``qcfs`` conversion, then kd-cos
+  kd-cos-t1to2  warm start at T = 1: lcp+acp tuned for T = 1, kd-cos at T = 1 for ``--t1-epochs``, then kd-cos at
+           ``--T`` for ``--epochs`` (a fresh cosine); the recipe's seconds count both phases
 
     python benchmarks/lossless.py --T 2 --recipe kd-cos --epochs 3 --lr 5e-4 --save snn-t2.pt
 
@@ -39,7 +41,8 @@ from snnconv_ext.app.train import qcfs
 from snnconv_ext.conversion.training import TRAINABLE_DEFAULT, NodeSwapWarning
 from snnconv_ext.study.compare import paired_diff
 
-RECIPES = ("ft", "kd", "kd-cos", "qcfs")
+RECIPES = ("ft", "kd", "kd-cos", "qcfs", "kd-cos-t1to2")
+COSINE = ("kd-cos", "qcfs", "kd-cos-t1to2")
 
 
 def main() -> None:
@@ -54,7 +57,10 @@ def main() -> None:
     p.add_argument("--kd-temp", type=float, default=4.0)
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--qcfs-epochs", type=int, default=2)
+    p.add_argument("--t1-epochs", type=int, default=1, help="kd-cos-t1to2: epochs at T = 1 before --T")
     p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--train-images", type=int, default=None,
+                   help="fine-tune on a random N of the training images (seed 0; default all): an epoch that fits")
     p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole recipe (fine-tuning stops)")
     p.add_argument("--threads", type=int, default=2)
@@ -76,6 +82,7 @@ def main() -> None:
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
     if a.test_images is not None:
         test = data.subset(test, a.test_images, seed=None)  # the first N, the same for every row
+    tune = train if a.train_images is None else data.subset(train, a.train_images, seed=0)
     calib = data.loader(data.subset(train, a.calib, seed=0), batch_size=256)
 
     w0, c0 = time.perf_counter(), time.process_time()
@@ -85,17 +92,22 @@ def main() -> None:
     else:
         start, method = ann, "lcp+acp"
     phases["ann_s"] = time.perf_counter() - w0
-    tuned = {} if method == "qcfs" else {"T": a.T}  # qcfs's thresholds (lambda) do not depend on T
+    first_T = 1 if a.recipe == "kd-cos-t1to2" else a.T  # the T the conversion is tuned for and training starts at
+    tuned = {} if method == "qcfs" else {"T": first_T}  # qcfs's thresholds (lambda) do not depend on T
     snn = sc.convert(start, method=method, calib_data=calib, progress=show, **tuned)
     phases["convert_s"] = time.perf_counter() - w0 - phases["ann_s"]
     distill = (ann, a.kd_temp, a.kd_weight) if a.recipe != "ft" else None
-    left = a.budget - (time.perf_counter() - w0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NodeSwapWarning)  # thresholds and leak train: the swap is intended
-        info = sc.finetune(snn, train, T=a.T, epochs=a.epochs, lr=a.lr, threshold_lr=a.threshold_lr,
-                           batch_size=a.batch_size, distill=distill, seed=a.seed, max_seconds=max(left, 1.0),
-                           schedule="cosine" if a.recipe in ("kd-cos", "qcfs") else "constant",
-                           record={"model": a.model, "recipe": a.recipe}, progress=show)
+    stages = [(1, a.t1_epochs), (a.T, a.epochs)] if a.recipe == "kd-cos-t1to2" else [(a.T, a.epochs)]
+    batches, stopped = 0, False
+    for stage_T, stage_epochs in stages:
+        left = a.budget - (time.perf_counter() - w0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NodeSwapWarning)  # thresholds and leak train: the swap is intended
+            info = sc.finetune(snn, tune, T=stage_T, epochs=stage_epochs, lr=a.lr, threshold_lr=a.threshold_lr,
+                               batch_size=a.batch_size, distill=distill, seed=a.seed, max_seconds=max(left, 1.0),
+                               schedule="cosine" if a.recipe in COSINE else "constant",
+                               record={"model": a.model, "recipe": a.recipe}, progress=show)
+        batches, stopped = batches + info["batches"], stopped or info["stopped_by_time"]
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
 
     ok_snn = sc.hits(snn, test, timesteps=[a.T])[a.T]
@@ -106,15 +118,16 @@ def main() -> None:
            "kd_weight": a.kd_weight, "qcfs_epochs": a.qcfs_epochs if a.recipe == "qcfs" else 0,
            "accuracy": round(100.0 * ok_snn.float().mean().item(), 2),
            "ann_accuracy": round(100.0 * ok_ann.float().mean().item(), 2), "diff_pp": round(diff, 2),
-           "se_pp": round(se, 2), "test_images": len(test), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-           **{k: round(v, 1) for k, v in phases.items()}, "batches": info["batches"], "stopped_by_time": info["stopped_by_time"],
+           "se_pp": round(se, 2), "test_images": len(test), "train_images": len(tune), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+           **{k: round(v, 1) for k, v in phases.items()}, "batches": batches, "stopped_by_time": stopped,
+           "t1_epochs": a.t1_epochs if a.recipe == "kd-cos-t1to2" else 0,
            "load1": round(os.getloadavg()[0], 2), "threads": a.threads,
            "command": "python " + " ".join(shlex.quote(s) for s in sys.argv)}
     print(row)
     if a.save:
         sc.save(snn, a.save)
     if a.zoo:
-        sc.save(snn, zoo.ZOO_DIR / f"{a.zoo}.pt")
+        sc.save(snn, zoo.ZOO_DIR / f"{a.zoo}.pt", overwrite=True)
         write_entry(a.zoo, row, a, ok_snn, test_images=len(test))
     append_row(Path(a.out), row)
 
@@ -143,7 +156,9 @@ def write_entry(name: str, row: dict, a: argparse.Namespace, ok_snn: torch.Tenso
              "threshold_lr": a.threshold_lr, "batch_size": a.batch_size, "seed": a.seed, "calib_images": a.calib,
              "distill": None if row["recipe"] == "ft" else {"temperature": float(row["kd_temp"]),
                                                              "weight": float(row["kd_weight"])},
-             "schedule": "cosine" if row["recipe"] in ("kd-cos", "qcfs") else "constant",
+             "schedule": "cosine" if row["recipe"] in COSINE else "constant",
+             "t1_epochs": int(row.get("t1_epochs") or 0),
+             "convert_T": 1 if row["recipe"] == "kd-cos-t1to2" else int(row["T"]),  # the T lcp+acp was tuned for
              "qcfs_epochs": int(row["qcfs_epochs"]),
              "test_accuracy": round(100.0 * ok_snn.float().mean().item(), 2), "test_hits": int(ok_snn.sum()),
              "test_images": test_images, "hits_first_1000": int(ok_snn[:1000].sum()),
@@ -171,7 +186,7 @@ def register(file: Path, name: str, csv_path: Path, p: argparse.ArgumentParser) 
     acc = round(100.0 * ok.float().mean().item(), 2)
     if acc != float(row["accuracy"]):
         raise SystemExit(f"--register: {file} gives {acc} % at T = {row['T']}, its row says {row['accuracy']} %")
-    sc.save(snn, zoo.ZOO_DIR / f"{name}.pt")
+    sc.save(snn, zoo.ZOO_DIR / f"{name}.pt", overwrite=True)
     write_entry(name, row, p.parse_args(shlex.split(row["command"])[2:]), ok, test_images=len(test),
                 registered_with="python " + " ".join(shlex.quote(s) for s in sys.argv))
 

@@ -28,7 +28,7 @@ def test_snn_entry_file_matches_manifest_and_records_its_recipe(name):
     f = zoo.path(name)
     assert zoo.kind(name) == zoo.SNN_KIND and info["from"] == "fmnist-net4"
     assert f.stat().st_size == info["size_bytes"] and zoo.sha256_file(f) == info["sha256"]
-    assert sc.saving.record(f)["model"] == "fmnist-net4" and sc.saving.record(f)["T"] == info["T"]
+    assert sc.saving.record(f)["model"] == "fmnist-net4" and sc.saving.record(f)["T"] == info.get("convert_T", info["T"])
     assert info["command"].startswith("python benchmarks/lossless.py ") and f"--T {info['T']}" in info["command"]
     assert info["test_hits"] == round(info["test_accuracy"] * info["test_images"] / 100)
 
