@@ -159,6 +159,8 @@ def _run_parallel(parts: Sequence[Part], timesteps: Sequence[int], n_calib: int,
             done[futures[fut]] = rows
             for line in lines:
                 log(line)
+            i, j = futures[fut]
+            log(f"demo: {parts[i].model} {parts[i].methods[j]} took {secs:.0f} s")
     return [r for key in sorted(done) for r in done[key]]
 
 
