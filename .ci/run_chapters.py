@@ -33,7 +33,7 @@ from book_report import ROOT, toc_notebooks  # noqa: E402
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 from offline_book import keep_cell_seconds  # noqa: E402
 
-# Last measured CPU seconds (one thread, 2026-12-07, a loaded machine): only the order of execution depends on
+# Last measured CPU seconds (one thread, 2026-12-08, a loaded machine): only the order of execution depends on
 # them, longest first so that the two workers finish together. A chapter not listed starts first.
 EXPECTED_S = {"dnisnm": 197, "comparison": 196, "datta": 192, "calibration": 177, "strelu": 141, "ttrbr": 141,
               "relu_to_if": 104, "qcfs": 72, "own_model": 32, "snn_training": 19}
