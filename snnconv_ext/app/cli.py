@@ -144,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     f = sub.add_parser("finetune", help="convert a zoo model and fine-tune the SNN (surrogate gradients, torchrun-able)")
     tuning.add_arguments(f)
     d = sub.add_parser("demo", help="each paper's best method beside SpikingJelly's two strongest recipes "
-                                    "(Net4 and a BN net, T = 1..32): marked table, results.csv, demo.png")
+                                    "(Net4 and a BN net, T = 1..16): marked table, results.csv, demo.png")
     demo.add_arguments(d)
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     sub.add_parser("methods", help="list registered conversion methods")
