@@ -1,10 +1,12 @@
 """Issue 29's table: the 13 torchvision architectures, randomly initialised with BN statistics from 256 Fashion-MNIST
 images at 3x32x32 (``tests/helpers.torchvision_model``, the models of ``tests/conversion/test_normalize.py``),
-converted with our ``max`` method and with SpikingJelly 2.0's own ``RateCodingRecipe(mode="Max")`` (``sj-max``),
+converted with our ``max`` method (or each of ``--methods``) and with SpikingJelly 2.0's own
+``RateCodingRecipe(mode="Max")`` (``sj-max``),
 each SNN's mean readout compared with the ANN's logits: relative error ||snn_mean - ann|| / ||ann|| at every T of
 ``--timesteps`` on ``--n-test`` further images.
 
     python benchmarks/torchvision_table.py [--archs resnet18,vgg11_bn] [--timesteps 32,256] [--n-test 8]
+                                           [--methods max,clipround]
 
 Prints a markdown table and writes ``--out`` (JSON). About 40 min on 2 cores for all 13 at T = 256.
 """
@@ -35,12 +37,14 @@ def errors(snn, ann, x, timesteps):
     return {T: float((out[T - 1] / T - want).norm() / want.norm()) for T in timesteps}
 
 
-def row(name, calib, xt, timesteps):
+def row(name, calib, xt, timesteps, methods=("max",)):
+    """One architecture: each of our ``methods`` (key "ours" for ``max``, as before, else the method's name) and
+    SpikingJelly's ``sj-max`` (key "sj")."""
     ann = torchvision_model(name, calib)
     result = {"arch": name}
-    for who, make in (("ours", lambda: sc.convert(ann, "max", [calib], progress=False)),
-                      ("sj", lambda: sj_convert(ann, "sj-max", DataLoader(TensorDataset(calib), batch_size=64),
-                                                progress=False))):
+    ours = [("ours" if m == "max" else m, lambda m=m: sc.convert(ann, m, [calib], progress=False)) for m in methods]
+    for who, make in (*ours, ("sj", lambda: sj_convert(ann, "sj-max", DataLoader(TensorDataset(calib), batch_size=64),
+                                                       progress=False))):
         t0 = time.perf_counter()
         try:
             snn = make()
@@ -70,22 +74,29 @@ def main() -> None:
     p.add_argument("--timesteps", default="32,256")
     p.add_argument("--n-test", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", default="max", help="our methods, comma-separated (each a column group)")
     p.add_argument("--out", default="bench-out/torchvision_table.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     timesteps = [int(t) for t in args.timesteps.split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in sc.methods()]
+    if not methods or unknown:
+        raise SystemExit(f"--methods: unknown {unknown or args.methods!r}; ours: {', '.join(sc.methods())}")
     calib, xt = fmnist32(256, args.n_test)
     rows = []
     for name in args.archs.split(","):
-        rows.append(row(name, calib, xt, timesteps))
+        rows.append(row(name, calib, xt, timesteps, methods))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
     ts = " | ".join(f"T={T}" for T in timesteps)
-    print(f"\n| architecture | ours (max) | {ts} | SpikingJelly sj-max | {ts} |")
-    print("|---|---|" + "---|" * len(timesteps) + "---|" + "---|" * len(timesteps))
+    keys = ["ours" if m == "max" else m for m in methods]
+    print("\n| architecture | " + "".join(f"ours ({m}) | {ts} | " for m in methods) + f"SpikingJelly sj-max | {ts} |")
+    print("|---|" + ("---|" + "---|" * len(timesteps)) * (len(methods) + 1))
     for r in rows:
-        print("| " + " | ".join([r["arch"], *cell(r["ours"], timesteps), *cell(r["sj"], timesteps)]) + " |")
+        cells = [c for k in [*keys, "sj"] for c in cell(r[k], timesteps)]
+        print("| " + " | ".join([r["arch"], *cells]) + " |")
 
 
 if __name__ == "__main__":
