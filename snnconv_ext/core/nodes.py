@@ -22,7 +22,7 @@ from torch import fx
 from .neuron import NeuronParams
 
 __all__ = ["register_node_type", "register_stateful", "register_trainer", "is_spiking", "is_stateful", "spiking_modules", "params_of",
-           "events_per_position", "spike_hooks",
+           "events_per_position", "spike_hooks", "first_output",
            "graph_of", "unwrap", "is_multistep", "make_trainable", "trainable_knobs", "FinetuneError", "WEIGHTED",
            "POOLS", "Codec", "register_codec", "codec_of", "codec_named", "codec_names"]
 
@@ -208,6 +208,12 @@ def events_per_position(s: torch.Tensor) -> torch.Tensor:
     return out.view(steps, *s.shape[2:])
 
 
+def first_output(o):
+    """A module's forward output as one tensor: the output itself, or its first element when the module returns a
+    tuple or list (e.g. snnTorch neurons with ``init_hidden=False`` return ``(spikes, membrane)``)."""
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
 @contextmanager
 def spike_hooks(net: nn.Module, record: Callable[[str, torch.Tensor], None],
                 targets: Optional[List[str]] = None) -> Iterator[None]:
@@ -221,7 +227,7 @@ def spike_hooks(net: nn.Module, record: Callable[[str, torch.Tensor], None],
         mod = gm.get_submodule(t)
 
         def hook(m, i, o, t=t, multi=is_multistep(mod)):
-            s = o[0] if isinstance(o, (tuple, list)) else o
+            s = first_output(o)
             record(t, events_per_position(s if multi else s.unsqueeze(0)))
         hooks.append(mod.register_forward_hook(hook))
     try:

@@ -35,8 +35,8 @@ from torch import fx
 
 from ..core.checks import as_loader
 from ..core.layers import ChannelShuffle, Chunk, Concat
-from ..core.nodes import (POOLS, WEIGHTED, graph_of, is_multistep, is_spiking, is_stateful, spike_hooks,
-                          spiking_modules, unwrap)
+from ..core.nodes import (POOLS, WEIGHTED, first_output, graph_of, is_multistep, is_spiking, is_stateful,
+                          spike_hooks, spiking_modules, unwrap)
 from ..core.simulation import evaluate, reset, run_window
 from .forms import sample_shapes
 
@@ -228,7 +228,7 @@ def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
         inner = unwrap(mod)
         if isinstance(inner, WEIGHTED):
             def hook(m, i, o, t=node.target):
-                per = _out(o).numel()  # outputs of one image and one step
+                per = first_output(o).numel()  # outputs of one image and one step
                 fan_in = m.in_features if isinstance(m, nn.Linear) else \
                     m.in_channels // m.groups * math.prod(m.kernel_size)
                 macs[t] = per * fan_in
@@ -236,7 +236,8 @@ def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
         elif is_spiking(mod):
             multi = is_multistep(mod)
             hooks.append(mod.register_forward_hook(
-                lambda m, i, o, t=node.target, k=2 if multi else 1: shapes.__setitem__(t, tuple(_out(o).shape[k:]))))
+                lambda m, i, o, t=node.target, k=2 if multi else 1:
+                    shapes.__setitem__(t, tuple(first_output(o).shape[k:]))))
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
     x = torch.zeros((1, *input_shape), device=dev)
     try:
@@ -249,10 +250,6 @@ def _dry_run(net: nn.Module, gm: fx.GraphModule, input_shape: Sequence[int]):
             h.remove()
         reset(net)
     return macs, shapes
-
-
-def _out(o):
-    return o[0] if isinstance(o, (tuple, list)) else o
 
 
 # ---------------------------------------------------------------------------------------------- measuring
